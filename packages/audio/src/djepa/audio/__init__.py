@@ -1,0 +1,1 @@
+"""djepa.audio: D-JEPA for text-to-speech. Not built yet; see the project's issues."""

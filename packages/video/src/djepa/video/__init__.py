@@ -1,0 +1,1 @@
+"""djepa.video: D-JEPA for class-conditional video. Not built yet; see the project's issues."""
