@@ -1,0 +1,223 @@
+"""Multi-head self-attention with pluggable kernels, qk-norm and RoPE; the transformer MLP.
+
+DESIGN.md §3: one ``Attention`` module, kernels PyTorch SDPA (default, CPU and GPU) and
+xformers' memory-efficient attention (CUDA only), which give the same numbers. FIDELITY.md
+"Model": qkv bias, RMSNorm qk-norm, attention/projection dropout.
+
+Padding convention everywhere: ``key_padding_mask [B, L] bool, True = padding`` — a padded
+position is ignored as a KEY (it still gets an output as a query; callers drop it).
+If every key of a sample is padding, no softmax is defined; :func:`attention_kernel` then
+returns **zeros** for that sample (instead of NaN), so the module output is ``proj.bias``
+there — finite, and ignored by any caller that masks its losses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from djepa.core.norms import RMSNorm
+from djepa.core.rope import apply_rope
+
+__all__ = ["KERNELS", "attention_kernel", "Attention", "MLP"]
+
+KERNELS = ("sdpa", "xformers")
+
+_XFORMERS_ERROR = (
+    "attention kernel 'xformers' needs a CUDA device and the xformers package; use kernel='sdpa'"
+)
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {KERNELS}")
+
+
+def _xformers_ops():
+    try:
+        import xformers.ops as xops
+    except Exception as e:  # ImportError, or a broken build raising at import
+        raise RuntimeError(_XFORMERS_ERROR) from e
+    return xops
+
+
+def attention_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    kernel: str = "sdpa",
+) -> Tensor:
+    """``softmax(q kᵀ / √d) v`` per head, ignoring padded keys.
+
+    Args:
+        q: ``[B, H, Lq, d]``; k, v: ``[B, H, Lk, d]`` (same dtype and device).
+        key_padding_mask: ``[B, Lk]`` bool, True = padding (never attended to), or None.
+        dropout_p: attention-probability dropout; the caller passes 0 in eval mode.
+        kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``, any device) or ``"xformers"``
+            (``xformers.ops.memory_efficient_attention``, CUDA only).
+
+    Returns:
+        ``[B, H, Lq, d]`` in ``q.dtype``. Samples whose keys are all padding give zeros.
+
+    Raises:
+        ValueError: unknown kernel, or a mask of the wrong shape.
+        RuntimeError: ``"xformers"`` requested off CUDA or without the xformers package.
+    """
+    _check_kernel(kernel)
+    B, H, Lq, d = q.shape
+    Lk = k.shape[-2]
+    all_pad = None
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (B, Lk):
+            raise ValueError(
+                f"key_padding_mask must be [B, Lk] = {(B, Lk)}, got {tuple(key_padding_mask.shape)}"
+            )
+        key_padding_mask = key_padding_mask.to(device=q.device, dtype=torch.bool)
+        all_pad = key_padding_mask.all(dim=-1)  # [B]
+        # A sample with no valid key: attend to everything (finite), zero its output below.
+        key_padding_mask = key_padding_mask & ~all_pad[:, None]
+
+    if kernel == "sdpa":
+        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    else:
+        if q.device.type != "cuda":
+            raise RuntimeError(_XFORMERS_ERROR + f" (tensors are on {q.device.type})")
+        xops = _xformers_ops()
+        bias = None
+        if key_padding_mask is not None:
+            # xformers needs the bias rows 16-byte aligned: allocate a last dim rounded up to a
+            # multiple of 8 and slice (xformers/ops/fmha/cutlass.py, _check_bias_alignment).
+            padded = math.ceil(Lk / 8) * 8
+            buf = torch.zeros(B, 1, 1, padded, dtype=q.dtype, device=q.device)
+            bias = buf[..., :Lk]
+            bias.masked_fill_(key_padding_mask[:, None, None, :], float("-inf"))
+            bias = bias.expand(B, H, Lq, Lk)
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout_p
+        ).transpose(1, 2)
+
+    if all_pad is not None:
+        out = out.masked_fill(all_pad[:, None, None, None], 0.0)
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: ``qkv → heads → qk-norm → RoPE → kernel → merge → proj``.
+
+    Args:
+        dim: token width ``D`` (input and output).
+        num_heads: heads ``H``; ``attn_dim`` must be divisible by it.
+        qkv_bias: bias in ``qkv`` (True in the official code).
+        qk_norm: RMSNorm over each head's channels of q and k (on in the training scripts).
+        attn_drop: dropout on attention probabilities (training only).
+        proj_drop: dropout after ``proj``.
+        kernel: ``"sdpa"`` or ``"xformers"`` (see :func:`attention_kernel`).
+        attn_dim: width of the q/k/v space, default ``dim``. ``JointBlock`` uses it to project
+            a context stream of another width into the shared attention width.
+
+    Submodules: ``qkv`` (Linear dim→3·attn_dim), ``q_norm``/``k_norm`` (RMSNorm(head_dim) or
+    Identity), ``attn_drop`` (Dropout, its ``p`` is passed to the kernel), ``proj`` (Linear
+    attn_dim→dim), ``proj_drop``.
+
+    Raises:
+        ValueError: unknown kernel or ``attn_dim % num_heads != 0``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        kernel: str = "sdpa",
+        attn_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_kernel(kernel)
+        attn_dim = dim if attn_dim is None else attn_dim
+        if attn_dim % num_heads != 0:
+            raise ValueError(f"attention width {attn_dim} is not divisible by num_heads={num_heads}")
+        self.dim = dim
+        self.attn_dim = attn_dim
+        self.num_heads = num_heads
+        self.head_dim = attn_dim // num_heads
+        self.kernel = kernel
+        self.qkv = nn.Linear(dim, 3 * attn_dim, bias=qkv_bias)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(attn_dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @property
+    def dropout_p(self) -> float:
+        """Attention dropout probability in effect now (0 in eval mode)."""
+        return self.attn_drop.p if self.training else 0.0
+
+    def project_qkv(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [B, L, dim]`` → ``q, k, v`` each ``[B, H, L, head_dim]`` (qk-norm and RoPE
+        applied to q and k; ``rope = (cos, sin)`` as for :func:`apply_rope`)."""
+        B, L, _ = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def project_out(self, o: Tensor) -> Tensor:
+        """Kernel output ``[B, H, L, head_dim]`` → ``[B, L, dim]`` (merge heads, proj, dropout)."""
+        B, H, L, d = o.shape
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, L, H * d)))
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Args:
+            x: ``[B, L, dim]``.
+            rope: ``(cos, sin)`` each ``[L, head_dim/2]`` or ``[B, L, head_dim/2]``, or None.
+            key_padding_mask: ``[B, L]`` bool, True = padding (ignored as a key), or None.
+
+        Returns:
+            ``[B, L, dim]`` in the compute dtype of ``proj``.
+        """
+        q, k, v = self.project_qkv(x, rope)
+        o = attention_kernel(q, k, v, key_padding_mask, self.dropout_p, self.kernel)
+        return self.project_out(o)
+
+
+class MLP(nn.Module):
+    """Transformer feed-forward: ``fc1 → GELU (exact, erf) → Dropout → fc2 → Dropout``
+    (timm ``Mlp`` default).
+
+    Args:
+        dim: input/output width. hidden: hidden width (``int(dim · mlp_ratio)``).
+        drop: dropout probability after the activation and after ``fc2``.
+
+    Shapes: ``[..., dim]`` → ``[..., dim]``.
+    """
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

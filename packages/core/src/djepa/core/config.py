@@ -1,0 +1,251 @@
+"""Typed, frozen configuration for the D-JEPA core, one dataclass per concern.
+
+Defaults follow the paper (arXiv 2410.03755, §3, App. B) and, where the paper is silent, the
+official release (see ``shared/docs/FIDELITY.md`` of the project). Where paper and code differ,
+the paper's value is the default and the other is an option:
+
+* ``LossConfig.beta_schedule``: ``"linear"`` (paper, App. B: 1e-4 → 2e-2) or ``"cosine"``
+  (MAR / official code).
+* ``DJEPAConfig.pos_embed``: ``"learned"`` tables (official training code) or ``"rope"``
+  (the variant whose parameter counts the release publishes: 212M / 687M / 1.4B).
+
+Every config round-trips through :func:`config_to_dict` / :func:`config_from_dict` (JSON-safe)
+so that it can be written next to every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, TypeVar, get_type_hints
+
+__all__ = [
+    "LossConfig",
+    "DJEPAConfig",
+    "SamplerConfig",
+    "PRESETS",
+    "preset",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Per-token generative loss (diffusion or flow matching) and the prediction loss.
+
+    Attributes:
+        kind: ``"diffusion"`` (L_d, Eq. 4, ε-prediction) or ``"flow"`` (L_v, Eq. 7).
+        num_train_timesteps: diffusion steps T (1000, App. B).
+        beta_schedule: ``"linear"`` 1e-4 → 2e-2 scaled to T (paper) or ``"cosine"`` (MAR code).
+        learn_sigma: ADM "learned range" variance (the MLP outputs 2·C channels) and the VLB
+            term in the loss (paper App. B: "ADM's parameterization of the covariance").
+        diffusion_batch_mul: t is drawn this many times per token (§3.3: "four times").
+        mlp_depth / mlp_width: residual blocks and width of the denoising MLP
+            (B 6×1024, L 8×1280, H 12×1536).
+        flow_time_shift: time-shifting factor s of the flow ODE sampler,
+            t' = t / (t + s − s·t); 1.0 = no shift.
+        diffusion_weight / prediction_weight: L = w_d·L_d + w_p·L_p (§3.4); ``prediction_weight
+            = 0`` is the MAR baseline of Table 6 (no projector, no target encoder pass).
+        prediction_beta: smooth-L1 β of the prediction loss (official code: 2.0).
+    """
+
+    kind: Literal["diffusion", "flow"] = "diffusion"
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    learn_sigma: bool = True
+    diffusion_batch_mul: int = 4
+    mlp_depth: int = 6
+    mlp_width: int = 1024
+    flow_time_shift: float = 1.0
+    diffusion_weight: float = 1.0
+    prediction_weight: float = 1.0
+    prediction_beta: float = 2.0
+
+
+@dataclass(frozen=True)
+class DJEPAConfig:
+    """The D-JEPA network: context encoder φ, feature predictor γ, condition, loss heads.
+
+    Attributes:
+        token_dim: channels per token D_tok (e.g. 16 for KL-16 latents with patch 1).
+        grid: token grid shape, ``(L,)``, ``(H, W)`` or ``(T, H, W)``; N = prod(grid).
+        num_classes: number of class labels (a learned null class is added for CFG).
+        encoder_dim / encoder_depth / encoder_heads: context encoder width, blocks, heads.
+        predictor_dim / predictor_depth / predictor_heads: feature predictor likewise.
+        mlp_ratio: transformer MLP hidden ratio (4).
+        qk_norm: RMSNorm on queries and keys per head (on in the official scripts).
+        qkv_bias: bias on the qkv projection (True).
+        attn_dropout / proj_dropout: dropout in attention and projections / MLP (0.1).
+        buffer_size: number of buffer tokens (learned buffer + condition embedding), prepended
+            to the encoder input, never masked, dropped before every loss (64).
+        label_drop_prob: class-dropout probability during training → learned null class (0.1).
+        pos_embed: ``"learned"`` position tables (official code) or ``"rope"`` (axial RoPE over
+            ``grid``, no tables).
+        rope_theta: RoPE base frequency.
+        attention_kernel: ``"sdpa"`` (PyTorch, any device) or ``"xformers"`` (CUDA only).
+        mask_ratio_min / mask_ratio_mean / mask_ratio_std: truncated normal mask ratio (§3.1:
+            mean 1.0, std 0.25, lower bound 0.7; upper bound 1.0).
+        init_std: std of the normal init of embeddings, buffers and mask token (0.02).
+        loss: the loss heads.
+    """
+
+    token_dim: int = 16
+    grid: tuple[int, ...] = (16, 16)
+    num_classes: int = 1000
+    encoder_dim: int = 768
+    encoder_depth: int = 12
+    encoder_heads: int = 12
+    predictor_dim: int = 768
+    predictor_depth: int = 12
+    predictor_heads: int = 12
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    qkv_bias: bool = True
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    buffer_size: int = 64
+    label_drop_prob: float = 0.1
+    pos_embed: Literal["learned", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    attention_kernel: Literal["sdpa", "xformers"] = "sdpa"
+    mask_ratio_min: float = 0.7
+    mask_ratio_mean: float = 1.0
+    mask_ratio_std: float = 0.25
+    init_std: float = 0.02
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.grid) not in (1, 2, 3) or any(int(g) < 1 for g in self.grid):
+            raise ValueError(f"grid must be 1, 2 or 3 positive sizes, got {self.grid!r}")
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        for dim, heads, name in (
+            (self.encoder_dim, self.encoder_heads, "encoder"),
+            (self.predictor_dim, self.predictor_heads, "predictor"),
+        ):
+            if dim % heads:
+                raise ValueError(f"{name}_dim {dim} is not divisible by {name}_heads {heads}")
+        if not 0.0 < self.mask_ratio_min <= 1.0:
+            raise ValueError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    @property
+    def seq_len(self) -> int:
+        """Number of tokens N = prod(grid)."""
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Algorithm 1 (§3.5) settings.
+
+    Attributes:
+        num_ar_steps: AR steps K (64 is the paper's efficient default; any K ≥ 1, K may exceed N).
+        cfg_scale: classifier-free guidance scale (1.0 = off: the batch is not doubled).
+        cfg_schedule: ``"linear"`` (cfg_k = 1 + (cfg − 1)·(N − mask_len)/N, MAR/Muse) or
+            ``"constant"``.
+        temperature: τ; scales the per-step DDPM noise σ_t (diffusion) or the initial noise
+            (flow matching; the official flow sampler ignores τ).
+        num_denoise_steps: reverse-process steps of the denoising MLP (100 respaced DDPM steps).
+        flow_solver: ``"euler"`` or ``"heun"`` for flow matching.
+        flow_time_shift: time-shifting factor s of the flow sampler (1.0 = none).
+    """
+
+    num_ar_steps: int = 64
+    cfg_scale: float = 1.0
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    temperature: float = 1.0
+    num_denoise_steps: int = 100
+    flow_solver: Literal["euler", "heun"] = "euler"
+    flow_time_shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_ar_steps < 1:
+            raise ValueError(f"num_ar_steps must be >= 1, got {self.num_ar_steps}")
+        if self.num_denoise_steps < 1:
+            raise ValueError(f"num_denoise_steps must be >= 1, got {self.num_denoise_steps}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
+
+
+# Preset widths/depths: paper / official release (B, L, H) and a CPU-test size.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        encoder_dim=64, encoder_depth=2, encoder_heads=4,
+        predictor_dim=64, predictor_depth=2, predictor_heads=4,
+        buffer_size=4, attn_dropout=0.0, proj_dropout=0.0,
+        loss=dict(mlp_depth=2, mlp_width=64),
+    ),
+    "B": dict(
+        encoder_dim=768, encoder_depth=12, encoder_heads=12,
+        predictor_dim=768, predictor_depth=12, predictor_heads=12,
+        loss=dict(mlp_depth=6, mlp_width=1024),
+    ),
+    "L": dict(
+        encoder_dim=1024, encoder_depth=24, encoder_heads=16,
+        predictor_dim=1024, predictor_depth=24, predictor_heads=16,
+        loss=dict(mlp_depth=8, mlp_width=1280),
+    ),
+    "H": dict(
+        encoder_dim=1280, encoder_depth=32, encoder_heads=16,
+        predictor_dim=1280, predictor_depth=32, predictor_heads=16,
+        loss=dict(mlp_depth=12, mlp_width=1536),
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> DJEPAConfig:
+    """Build a :class:`DJEPAConfig` from a named preset (``tiny``, ``B``, ``L``, ``H``).
+
+    ``overrides`` replace top-level fields; ``loss=dict(...)`` (or a :class:`LossConfig`)
+    updates the loss fields on top of the preset's.
+
+    Raises:
+        KeyError: unknown preset name (the message lists the known ones).
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = dict(PRESETS[name])
+    loss_values = dict(values.pop("loss", {}))
+    loss_override = overrides.pop("loss", None)
+    if isinstance(loss_override, LossConfig):
+        loss_override = dataclasses.asdict(loss_override)
+    loss_values.update(loss_override or {})
+    values.update(overrides)
+    return DJEPAConfig(**values, loss=LossConfig(**loss_values))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-safe dict of a (nested) config dataclass; tuples become lists."""
+    return dataclasses.asdict(cfg)
+
+
+T = TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Inverse of :func:`config_to_dict` for ``cls`` (nested dataclasses supported).
+
+    Raises:
+        ValueError: ``data`` has keys that ``cls`` does not know (named in the message).
+    """
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} does not know the field(s) {unknown}")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        typ = hints.get(key)
+        if isinstance(typ, type) and is_dataclass(typ) and isinstance(value, dict):
+            value = config_from_dict(typ, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)  # type: ignore[call-arg]

@@ -1,0 +1,191 @@
+"""The denoising MLP ε_θ / v_θ of D-JEPA (§3.3, App. B), MAR's ``SimpleMLPAdaLN``.
+
+A per-token network: the noisy token ``x`` ([M, C]) is projected to width W; the condition is
+the sum of a timestep embedding (256-dim sinusoid → Linear-SiLU-Linear, as ADM/DiT) and a
+linear embedding of the predicted feature ``z`` ([M, D_z]); ``depth`` residual blocks of
+LN → AdaLN modulation → Linear-SiLU-Linear → gated residual; a final non-affine LN, AdaLN and
+a Linear to ``out_channels`` (2·C for diffusion with learned Σ, C for flow matching).
+
+Source: Li et al. 2024 (MAR, ``models/diffloss.py``), followed by the paper ("follows the
+implementation described in Li et al. (2024)", App. B). Submodule names match MAR's so that
+its ``net.*`` weights load without renaming; the parameter count equals MAR's exactly
+(B: in 16, z 768, W 1024, depth 6, out 32 → 35,749,920).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DenoisingMLP", "TimestepEmbedder", "timestep_embedding", "modulate"]
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """AdaLN modulation ``x·(1 + scale) + shift`` (DiT / MAR); all ``[M, W]``."""
+    return x * (1 + scale) + shift
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps (ADM / DiT / MAR).
+
+    Args:
+        t: ``[M]`` timesteps, float or integer (diffusion indices 0..999; flow matching feeds
+            ``1000·t``).
+        dim: embedding size (256 in MAR).
+        max_period: lowest frequency's period.
+
+    Returns:
+        ``[M, dim]`` float32, ``[cos(t·f_k), sin(t·f_k)]`` with ``f_k = max_period^(−k/half)``
+        (cosines first, as in MAR); an odd ``dim`` gets a zero last column.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.reshape(-1, 1).float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Timestep → ``[M, W]``: sinusoid of size ``frequency_embedding_size`` → Linear-SiLU-Linear."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``t``: ``[M]`` float or long → ``[M, W]`` in the parameters' dtype (autocast aside)."""
+        t_freq = timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
+
+
+class ResBlock(nn.Module):
+    """``x + gate · MLP(modulate(LN(x), shift, scale))`` with (shift, scale, gate) = AdaLN(y)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.in_ln = nn.LayerNorm(channels, eps=1e-6)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels, bias=True),
+            nn.SiLU(),
+            nn.Linear(channels, channels, bias=True),
+        )
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels, bias=True))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        h = modulate(self.in_ln(x), shift, scale)
+        return x + gate * self.mlp(h)
+
+
+class FinalLayer(nn.Module):
+    """Non-affine LN → AdaLN (shift, scale) → Linear(W → out_channels)."""
+
+    def __init__(self, model_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(model_channels, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(model_channels, out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(model_channels, 2 * model_channels, bias=True)
+        )
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DenoisingMLP(nn.Module):
+    """ε_θ(x_t | t, z) / v_θ(x_t | t, z): MAR's SimpleMLPAdaLN (§3.3, App. B).
+
+    Args:
+        in_channels: token channels C.
+        z_channels: channels D_z of the conditioning feature z (the predictor's width).
+        width: hidden width W (B 1024, L 1280, H 1536).
+        depth: number of residual blocks (B 6, L 8, H 12).
+        out_channels: 2·C (diffusion with learned Σ: ``[ε, v]``) or C (ε only / velocity).
+
+    Init (MAR): xavier-uniform Linear weights, zero biases; the timestep MLP's weights
+    N(0, 0.02); every AdaLN modulation Linear and the final Linear are zero, so the network
+    outputs exactly 0 at initialisation.
+    """
+
+    def __init__(
+        self, in_channels: int, z_channels: int, width: int, depth: int, out_channels: int
+    ) -> None:
+        super().__init__()
+        if min(in_channels, z_channels, width, out_channels) < 1 or depth < 0:
+            raise ValueError(
+                "DenoisingMLP needs positive channel sizes and depth >= 0, got "
+                f"in={in_channels}, z={z_channels}, width={width}, depth={depth}, out={out_channels}"
+            )
+        self.in_channels = in_channels
+        self.z_channels = z_channels
+        self.model_channels = width
+        self.out_channels = out_channels
+        self.num_res_blocks = depth
+
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(z_channels, width)
+        self.input_proj = nn.Linear(in_channels, width)
+        self.res_blocks = nn.ModuleList([ResBlock(width) for _ in range(depth)])
+        self.final_layer = FinalLayer(width, out_channels)
+        self.initialize_weights()
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """MAR's init (see the class docstring); safe on the meta device."""
+
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        for block in self.res_blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        """Predict ε (and the variance interpolation v) or the velocity for each token.
+
+        Args:
+            x: ``[M, C]`` noisy tokens (float).
+            t: ``[M]`` timesteps, long indices or float (flow matching: ``1000·t``).
+            z: ``[M, D_z]`` conditioning features.
+
+        Returns:
+            ``[M, out_channels]`` in the parameters' dtype (or the autocast dtype).
+
+        Raises:
+            ValueError: mismatched shapes.
+        """
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be [M, {self.in_channels}], got {tuple(x.shape)}")
+        if z.dim() != 2 or z.shape[1] != self.z_channels or z.shape[0] != x.shape[0]:
+            raise ValueError(f"z must be [{x.shape[0]}, {self.z_channels}], got {tuple(z.shape)}")
+        if t.reshape(-1).shape[0] != x.shape[0]:
+            raise ValueError(f"t must have {x.shape[0]} entries, got {tuple(t.shape)}")
+        dtype = self.input_proj.weight.dtype
+        h = self.input_proj(x.to(dtype))
+        y = self.time_embed(t.reshape(-1)) + self.cond_embed(z.to(dtype))
+        for block in self.res_blocks:
+            h = block(h, y)
+        return self.final_layer(h, y)
