@@ -71,7 +71,32 @@ class Recorder:
         model.features = features
 
 
-def test_cfg_one_is_bit_identical_to_unguided_and_does_not_double_batch():
+def reference_algorithm_1(model, labels, k, steps, temperature, seed):
+    """Algorithm 1 written plainly (official loop structure, no CFG): random order, cosine
+    schedule, φ on the revealed tokens, γ everywhere, denoise the chosen ones."""
+    g = torch.Generator().manual_seed(seed)
+    b = labels.shape[0]
+    orders = torch.rand(b, N, generator=g).argsort(1)
+    tokens = torch.zeros(b, N, 3)
+    cond = model.condition.class_embed(labels)
+    revealed = 0
+    for step in range(k):
+        mask_len = max(1, min(N - revealed - 1, int(N * math.cos(math.pi / 2 * (step + 1) / k))))
+        take = N - revealed if step == k - 1 else N - revealed - mask_len
+        if take <= 0:
+            continue
+        visible = orders[:, :revealed].sort(1).values
+        z = model.predictor(model.encoder(tokens, cond, visible), visible)
+        chosen = orders[:, revealed:revealed + take]
+        zc = torch.stack([z[i, chosen[i]] for i in range(b)]).reshape(-1, z.shape[-1])
+        x = model.token_loss.sample(zc, temperature=temperature, num_steps=steps, generator=g)
+        for i in range(b):
+            tokens[i, chosen[i]] = x.reshape(b, take, 3)[i]
+        revealed += take
+    return tokens
+
+
+def test_cfg_one_equals_plain_algorithm_1_and_does_not_double_batch():
     model = tiny_model()
     labels = torch.tensor([0, 3])
     rec = Recorder(model)
@@ -79,9 +104,48 @@ def test_cfg_one_is_bit_identical_to_unguided_and_does_not_double_batch():
     a = generate(model, labels, cfg, generator=torch.Generator().manual_seed(1))
     assert set(rec.feature_batches) == {2}
     assert all(c["z_uncond"] is None and c["cfg_scale"] == 1.0 for c in rec.calls)
-    # The plain unguided path: same seed → same bits.
-    b = generate(tiny_model(), labels, cfg, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
+    ref = reference_algorithm_1(tiny_model(), labels, k=4, steps=5, temperature=0.9, seed=1)
+    assert torch.equal(a, ref)
+
+
+def test_cfg_unconditional_half_uses_the_null_class():
+    model = tiny_model()
+    seen = {}
+    orig = model.token_loss.sample
+
+    def sample(z, **kw):
+        seen.setdefault("z", z)
+        seen.setdefault("z_uncond", kw["z_uncond"])
+        return orig(z, **kw)
+
+    model.token_loss.sample = sample
+    labels = torch.tensor([1, 4])
+    g = torch.Generator().manual_seed(5)
+    generate(model, labels, SamplerConfig(num_ar_steps=2, num_denoise_steps=2, cfg_scale=2.0), generator=g)
+    orders = torch.rand(2, N, generator=torch.Generator().manual_seed(5)).argsort(1)
+    first = orders[:, :5]  # K = 2 on 16 tokens reveals 16 - floor(16 cos(pi/4)) = 5 tokens first
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    tokens = torch.zeros(2, N, 3)
+    z_c = model.features(tokens, model.condition(labels), empty)
+    z_u = model.features(tokens, model.condition.null(2), empty)
+    pick = lambda z: torch.stack([z[i, first[i]] for i in range(2)]).reshape(-1, z.shape[-1])
+    assert torch.allclose(seen["z"], pick(z_c), atol=1e-6)
+    assert torch.allclose(seen["z_uncond"], pick(z_u), atol=1e-6)
+    assert not torch.allclose(seen["z"], seen["z_uncond"])
+
+
+def test_sampler_settings_reach_the_denoiser():
+    model = tiny_model("flow")
+    got = []
+    model.token_loss.sample = lambda z, **kw: got.append(kw) or torch.zeros(z.shape[0], 3)
+    generate(model, torch.tensor([0]), SamplerConfig(num_ar_steps=2, num_denoise_steps=7, temperature=0.8,
+                                                      flow_solver="heun", flow_time_shift=2.5),
+             clip_range=(-1.0, 1.0))
+    assert {(k["num_steps"], k["temperature"], k["solver"], k["time_shift"], k["clip_range"]) for k in got} == {
+        (7, 0.8, "heun", 2.5, (-1.0, 1.0))}
+    got.clear()  # flow_time_shift=None defers to the model's own LossConfig.flow_time_shift
+    generate(model, torch.tensor([0]), SamplerConfig(num_ar_steps=1))
+    assert "time_shift" not in got[0]
 
 
 def test_linear_cfg_value_at_each_step_and_doubled_batch():

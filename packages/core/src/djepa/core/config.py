@@ -62,6 +62,19 @@ class LossConfig:
     prediction_weight: float = 1.0
     prediction_beta: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("diffusion", "flow"):
+            raise ValueError(f"loss kind must be 'diffusion' or 'flow', got {self.kind!r}")
+        if self.beta_schedule not in ("linear", "cosine"):
+            raise ValueError(f"beta_schedule must be 'linear' or 'cosine', got {self.beta_schedule!r}")
+        for name in ("num_train_timesteps", "diffusion_batch_mul", "mlp_depth", "mlp_width"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"LossConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.flow_time_shift <= 0 or self.prediction_beta <= 0:
+            raise ValueError("flow_time_shift and prediction_beta must be > 0")
+        if self.diffusion_weight < 0 or self.prediction_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+
 
 @dataclass(frozen=True)
 class DJEPAConfig:
@@ -125,6 +138,12 @@ class DJEPAConfig:
         ):
             if dim % heads:
                 raise ValueError(f"{name}_dim {dim} is not divisible by {name}_heads {heads}")
+        if self.pos_embed not in ("learned", "rope"):
+            raise ValueError(f"pos_embed must be 'learned' or 'rope', got {self.pos_embed!r}")
+        if self.attention_kernel not in ("sdpa", "xformers"):
+            raise ValueError(f"attention_kernel must be 'sdpa' or 'xformers', got {self.attention_kernel!r}")
+        if self.buffer_size < 0 or not 0.0 <= self.label_drop_prob <= 1.0 or self.mask_ratio_std <= 0:
+            raise ValueError("need buffer_size >= 0, 0 <= label_drop_prob <= 1 and mask_ratio_std > 0")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
         if self.num_classes < 1:
@@ -152,7 +171,8 @@ class SamplerConfig:
             (flow matching; the official flow sampler ignores τ).
         num_denoise_steps: reverse-process steps of the denoising MLP (100 respaced DDPM steps).
         flow_solver: ``"euler"`` or ``"heun"`` for flow matching.
-        flow_time_shift: time-shifting factor s of the flow sampler (1.0 = none).
+        flow_time_shift: time-shifting factor s of the flow sampler (1.0 = none); ``None`` uses
+            the model's ``LossConfig.flow_time_shift``.
     """
 
     num_ar_steps: int = 64
@@ -161,7 +181,7 @@ class SamplerConfig:
     temperature: float = 1.0
     num_denoise_steps: int = 100
     flow_solver: Literal["euler", "heun"] = "euler"
-    flow_time_shift: float = 1.0
+    flow_time_shift: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_ar_steps < 1:

@@ -22,4 +22,10 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return values.mean()
     weights = mask.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+    total = weights.sum()
+    return (values * weights).sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """Per-sample row gather: ``x: [B, L, C]``, ``idx: [B, K] int64`` → ``[B, K, C]``."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

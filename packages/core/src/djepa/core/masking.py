@@ -38,7 +38,8 @@ def sample_mask_ratio(
         raise ValueError(f"mask ratio bounds are inverted: [{minimum}, {maximum}]")
     lo = torch.tensor((minimum - mean) / std, dtype=torch.float64)
     hi = torch.tensor((maximum - mean) / std, dtype=torch.float64)
-    u = torch.rand((), generator=generator, dtype=torch.float64)
+    u = torch.rand((), generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else "cpu").cpu()
     p = torch.special.ndtr(lo) + u * (torch.special.ndtr(hi) - torch.special.ndtr(lo))
     r = mean + std * torch.special.ndtri(p)
     return float(r.clamp(minimum, maximum))
@@ -51,17 +52,24 @@ def num_masked_tokens(num_tokens: int, ratio: float) -> int:
 
 def random_orders(
     batch_size: int, num_tokens: int, *, device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, first: Tensor | None = None,
 ) -> Tensor:
     """One uniformly random permutation of ``range(num_tokens)`` per sample.
+
+    Args:
+        generator: drawn on its own device (CPU or CUDA), result moved to ``device``.
+        first: optional ``[B, N] bool``; positions marked True come first in every order
+            (inpainting: the known tokens), the rest follow in uniformly random order.
 
     Returns:
         ``orders: [B, N] int64`` on ``device``; ``orders[b, :k]`` are the first k positions of
         sample b's order (masked first in training; revealed first in generation).
     """
     keys = torch.rand(batch_size, num_tokens, generator=generator,
-                      device=generator.device if generator is not None else device)
-    return keys.argsort(dim=-1).to(device)
+                      device=generator.device if generator is not None else device).to(device)
+    if first is not None:
+        keys = keys.masked_fill(first.to(device), -1.0)
+    return keys.argsort(dim=-1)
 
 
 def mask_from_orders(orders: Tensor, num_masked: int) -> Tensor:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from djepa.core.blocks import Block
 from djepa.core.config import DJEPAConfig
+from djepa.core.functional import gather_rows
 from djepa.core.masking import mask_from_orders, num_masked_tokens, random_orders, sample_mask_ratio
 from djepa.core.norms import LayerNorm
 from djepa.core.prediction_loss import PredictionLoss
@@ -60,11 +61,6 @@ def _init_backbone(module: nn.Module) -> None:
                 nn.init.ones_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """``x: [B, L, C]``, ``idx: [B, K]`` → ``[B, K, C]``."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class ClassCondition(nn.Module):
@@ -119,19 +115,26 @@ class ClassCondition(nn.Module):
         return emb
 
 
-class _RopeTables(nn.Module):
-    """Precomputed axial-RoPE (cos, sin) for every grid position; buffer rows are identity."""
+class _RopeTables:
+    """Axial-RoPE (cos, sin) for every grid position, fp32, computed once per device and cached
+    (plain attributes, not buffers: unaffected by ``.to(bf16)`` and by meta-device init);
+    buffer-token rows are the identity rotation."""
 
     def __init__(self, head_dim: int, grid: TokenGrid, theta: float) -> None:
-        super().__init__()
-        rope = AxialRoPE(head_dim, grid.ndim, theta=theta)
-        cos, sin = rope(grid.coords())
-        self.register_buffer("cos", cos.float(), persistent=False)  # [N, head_dim/2]
-        self.register_buffer("sin", sin.float(), persistent=False)
+        self.rope = AxialRoPE(head_dim, grid.ndim, theta=theta)
+        self.grid = grid
+        self._cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    def with_buffer(self, num_buffer: int, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+    def tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)``, each ``[N, head_dim/2]`` float32 on ``device``."""
+        if device not in self._cache:
+            cos, sin = self.rope(self.grid.coords(device=device))
+            self._cache[device] = (cos.float(), sin.float())
+        return self._cache[device]
+
+    def with_buffer(self, num_buffer: int, idx: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """(cos, sin) for ``[buffer; positions idx]``: ``[B or 1, Nb + K, head_dim/2]``."""
-        cos, sin = self.cos, self.sin
+        cos, sin = self.tables(device)
         if idx is None:
             cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
         else:
@@ -183,14 +186,14 @@ class ContextEncoder(nn.Module):
             ``[B, Nb + Nv, E]`` after the final norm (buffer first).
         """
         if visible_idx is not None:
-            tokens = _gather_rows(tokens, visible_idx)
-        x = self.token_embed(tokens)
+            tokens = gather_rows(tokens, visible_idx)
+        x = self.token_embed(tokens.to(self.token_embed.weight.dtype))
         if self.pos_embed is not None:
             pos = self.pos_embed.expand(x.shape[0], -1, -1)
-            x = x + (pos if visible_idx is None else _gather_rows(pos, visible_idx))
+            x = x + (pos if visible_idx is None else gather_rows(pos, visible_idx))
         buffer = (self.buffer + cond.unsqueeze(1)).to(x.dtype)
         x = self.embed_norm(torch.cat([buffer, x], dim=1))
-        rope = None if self.rope is None else self.rope.with_buffer(self.buffer_size, visible_idx)
+        rope = None if self.rope is None else self.rope.with_buffer(self.buffer_size, visible_idx, x.device)
         for block in self.blocks:
             x = block(x, rope=rope)
         return self.norm(x)
@@ -243,7 +246,7 @@ class FeaturePredictor(nn.Module):
             x.scatter_(1, (visible_idx + nb).unsqueeze(-1).expand(-1, -1, h.shape[-1]), h[:, nb:])
         if self.pos_embed is not None:
             x = torch.cat([x[:, :nb], x[:, nb:] + self.pos_embed.to(x.dtype)], dim=1)
-        rope = None if self.rope is None else self.rope.with_buffer(nb, None)
+        rope = None if self.rope is None else self.rope.with_buffer(nb, None, x.device)
         for block in self.blocks:
             x = block(x, rope=rope)
         return self.norm(x)[:, nb:]
@@ -288,6 +291,10 @@ class DJEPA(PretrainedMixin, nn.Module):
             if c.loss.prediction_weight > 0 else None)
 
     def _init_weights(self) -> None:
+        """Official init (xavier Linear, N(0, 0.02) embeddings / mask token / position tables).
+        The buffer tokens get N(0, 0.02) as FIDELITY.md states; the release leaves them at zero,
+        which makes all buffer slots identical (they carry no position) until dropout separates
+        them — the random init breaks that symmetry."""
         _init_backbone(self.encoder)
         _init_backbone(self.predictor)
         std = self.config.init_std
@@ -324,8 +331,13 @@ class DJEPA(PretrainedMixin, nn.Module):
         Returns:
             ``[B, N, E]``, detached.
         """
-        cond = self.condition(labels, tokens.shape[0])
-        return self.encoder(tokens, cond, None)[:, self.config.buffer_size:].detach()
+        was_training = self.training
+        self.eval()  # no dropout in the target encoder (official: ema_model.eval())
+        try:
+            cond = self.condition(labels, tokens.shape[0])
+            return self.encoder(tokens, cond, None)[:, self.config.buffer_size:].detach()
+        finally:
+            self.train(was_training)
 
     # ------------------------------------------------------------------ training
     def forward(self, tokens: Tensor, labels: Tensor | None, *,

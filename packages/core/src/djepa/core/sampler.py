@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 from djepa.core.config import SamplerConfig
+from djepa.core.functional import gather_rows
+from djepa.core.masking import random_orders
 
 __all__ = ["ARStep", "ar_schedule", "cfg_at", "generate"]
 
@@ -69,10 +71,6 @@ def cfg_at(cfg_scale: float, schedule: str, mask_len: int, num_tokens: int) -> f
     raise ValueError(f"unknown cfg schedule {schedule!r}; use 'linear' or 'constant'")
 
 
-def _gather(x: Tensor, idx: Tensor) -> Tensor:
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -103,7 +101,8 @@ def generate(
             same number of known tokens.
         clip_range: clip the denoiser's x₀ prediction to this range (the tokenizer's value range,
             e.g. (−1, 1) for pixels; ``None`` for unbounded latents). See FIDELITY.md's pitfall.
-        callback: ``callback(step, num_steps, tokens)`` after every AR step (progress bars).
+        callback: ``callback(step, num_steps, tokens)`` after every AR step (progress bars);
+            ``tokens`` is the live buffer, filled in place: clone it to keep a snapshot.
 
     Returns:
         ``[B, N, D] float32`` tokens (not clamped: the fraction outside the value range is a
@@ -143,11 +142,7 @@ def generate(
         tokens = torch.zeros(b, n, d, device=device)
 
     # Orders: known positions first, then a uniformly random permutation of the unknown ones.
-    gen_device = generator.device if generator is not None else device
-    keys = torch.rand(b, n, generator=generator, device=gen_device).to(device)
-    if known_mask is not None:
-        keys = keys.masked_fill(known_mask, -1.0)
-    orders = keys.argsort(dim=1)
+    orders = random_orders(b, n, device=device, generator=generator, first=known_mask)
 
     num_unknown = n - num_known
     schedule = ar_schedule(num_unknown, config.num_ar_steps)
@@ -157,7 +152,9 @@ def generate(
         cond = torch.cat([cond, model.condition.null(b)], dim=0)
     extra = {}
     if cfgm.loss.kind == "flow":
-        extra = dict(solver=config.flow_solver, time_shift=config.flow_time_shift)
+        extra = dict(solver=config.flow_solver)
+        if config.flow_time_shift is not None:
+            extra["time_shift"] = config.flow_time_shift
 
     was_training = model.training
     model.eval()
@@ -171,7 +168,7 @@ def generate(
                 if use_cfg:
                     tok_in, vis_in = torch.cat([tokens, tokens]), torch.cat([visible, visible])
                 z = model.features(tok_in, cond, vis_in)
-                z_sel = _gather(z, torch.cat([pred_idx, pred_idx]) if use_cfg else pred_idx)
+                z_sel = gather_rows(z, torch.cat([pred_idx, pred_idx]) if use_cfg else pred_idx)
                 z_sel = z_sel.reshape(-1, z.shape[-1])
                 z_cond, z_uncond = z_sel.chunk(2) if use_cfg else (z_sel, None)
                 scale = cfg_at(config.cfg_scale, config.cfg_schedule, step.mask_len, max(num_unknown, 1))
