@@ -1,0 +1,462 @@
+"""The training loop: one code path from a laptop CPU to multi-node GPUs (DESIGN.md §4).
+
+``train(model, dataset, cfg)`` wraps ``model`` in a DeepSpeed engine (client AdamW with two
+parameter groups, ZeRO stage 0/1/2, gradient clipping and accumulation), keeps an fp32
+:class:`~djepa.core.ema.EMA` that is passed to the model as its target encoder on every step,
+writes verified checkpoints, and logs to a progress bar and TensorBoard.
+
+Model contract: ``model(tokens: [B, N, D] float, labels: [B] int64, *, target_model=ema.module)``
+returns a NamedTuple whose first field is the total ``loss`` (scalar) and whose other fields are
+loss parts (D-JEPA: ``DJEPAOutput(loss, token_loss, prediction_loss)``); all fields are logged.
+The model draws its training randomness from torch's global RNG, which is seeded with
+``cfg.seed + rank`` and checkpointed per rank, so a resumed run continues bit-for-bit.
+
+Precision (decision):
+    * ``fp32``: DeepSpeed fp32.
+    * ``bf16``: DeepSpeed fp32 + ``torch.autocast(device, bfloat16)`` around the forward, as MAR
+      and the official D-JEPA code do: parameters, gradients, gradient all-reduce, AdamW state
+      and the EMA all stay fp32, so the EMA recurrence is exact. (DeepSpeed's ``bf16`` section
+      keeps bf16 module weights; its ``torch_autocast`` section reduces Linear gradients in bf16 —
+      both deviate from the reference and were not used.)
+    * ``fp16``: DeepSpeed fp16 (fp16 weights, fp32 master copy in the optimizer, dynamic loss
+      scaling) with autocast(float16) so the fp32 EMA target encoder accepts fp16 inputs; the EMA
+      reads the fp16 weights (rounded) — prefer bf16. Overflow steps skipped by the loss scaler
+      do not update the EMA. Not exercised by the CPU tests.
+
+ZeRO stage 3 (decision): refused with a ``ValueError`` — the EMA update and the target-encoder
+forward read full parameters every step, which stage 3 partitions; stages 1/2 replicate them.
+
+Non-finite losses: the loss parts of every micro-batch are all-reduced *before* backward, so
+every rank sees the same verdict. With ``grad_accum_steps == 1`` the step is skipped entirely
+(no backward, no DeepSpeed step: optimizer, loss scaler and EMA untouched; the data position and
+the step counter advance). With accumulation, the bad micro-batch contributes a zero gradient
+(a ``0·Σθ`` backward keeps DeepSpeed's micro-step counter aligned) and the update uses the
+remaining micro-batches. After ``max_nonfinite_steps`` consecutive bad steps
+:class:`NonFiniteLossError` is raised without writing a checkpoint (the last good one stays).
+
+SIGINT / SIGTERM: a flag is set; it is all-reduced with the next loss, the current step
+finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupted``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from djepa.core.ema import EMA
+from djepa.core.train import checkpoint as ckpt
+from djepa.core.train import distributed as D
+from djepa.core.train.config import TrainConfig, deepspeed_config
+from djepa.core.train.data import ResumableLoader, ShardedOrder
+from djepa.core.train.observe import Observer
+from djepa.core.train.params import param_groups
+from djepa.core.train.schedules import lr_at, weight_decay_at
+
+__all__ = ["train", "TrainResult", "NonFiniteLossError"]
+
+StepCallback = Callable[[int, dict[str, float], nn.Module, EMA], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        step: optimizer steps done (including skipped ones).
+        last_losses: loss parts of the last finite step, averaged over micro-batches and ranks.
+        skipped_steps: steps skipped because of a non-finite loss (whole run, incl. before resume).
+        output_dir: the run directory.
+        finished: ``step >= cfg.max_steps``.
+        interrupted: stopped by SIGINT / SIGTERM.
+        resumed_from: checkpoint tag the run resumed from (``None`` = fresh start).
+        ema: the EMA (its ``module`` is the sampling model).
+    """
+
+    step: int
+    last_losses: dict[str, float]
+    skipped_steps: int
+    output_dir: Path
+    finished: bool
+    interrupted: bool
+    resumed_from: str | None
+    ema: EMA
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; handlers are installed only in the main thread and restored."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _default_prepare(batch: Any, device: torch.device) -> dict[str, Tensor]:
+    if isinstance(batch, Mapping):
+        tokens, labels = batch["tokens"], batch["labels"]
+    else:
+        tokens, labels = batch[0], batch[1]
+    nb = device.type == "cuda"
+    return {"tokens": tokens.to(device, non_blocking=nb), "labels": labels.to(device, non_blocking=nb)}
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _zero_loss(module: nn.Module) -> Tensor:
+    """0 · Σθ: a finite loss whose gradient is exactly zero for every trainable parameter."""
+    return sum((p.sum() * 0.0 for p in module.parameters() if p.requires_grad),
+               torch.zeros((), device=next(module.parameters()).device))
+
+
+def _grad_norm(module: nn.Module) -> float:
+    """Global L2 norm of the (all-reduced, unclipped) gradients — ZeRO stage 0 only."""
+    sq = [p.grad.detach().float().pow(2).sum() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+
+
+def _as_float(x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        return float(x.detach().float().item())
+    return float(x)
+
+
+def _save_ema(path: Path, ema: EMA) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()}
+    save_file(tensors, str(path), metadata={"num_updates": str(ema.num_updates),
+                                            "decay": repr(ema.decay)})
+
+
+def _load_ema(path: Path, ema: EMA, device: torch.device) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    state = load_file(str(path), device=str(device))
+    ema.load_state_dict({"module": state, "num_updates": int(meta.get("num_updates", 0)),
+                         "decay": float(meta.get("decay", ema.decay))})
+
+
+def _choose_checkpoint(root: Path, cfg: TrainConfig, obs_log: Callable[[str], None]
+                       ) -> tuple[str | None, str | None]:
+    """(tag to resume from, error message) — rank 0 only."""
+    tags = ckpt.candidate_tags(root)
+    if cfg.resume is False:
+        if tags:
+            return None, (f"{root} already holds checkpoints ({tags[0]} …) and resume=False; "
+                          "use resume='auto' / True or a new output_dir")
+        return None, None
+    for tag in tags:
+        try:
+            ckpt.verify(root / tag, checksums=cfg.verify_checksums)
+            return tag, None
+        except ckpt.CheckpointError as e:
+            msg = f"checkpoint {tag} rejected: {e}; falling back to the previous checkpoint"
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            obs_log("WARNING: " + msg)
+    if cfg.resume is True:
+        return None, f"resume=True but {root} holds no complete, verified checkpoint"
+    return None, None
+
+
+def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
+          prepare_batch: Callable[[Any, torch.device], Mapping[str, Tensor]] | None = None,
+          sample_fn: Callable[[nn.Module, int], Tensor] | None = None,
+          config_to_save: Mapping[str, Any] | None = None,
+          collate_fn: Callable[[list[Any]], Any] | None = None,
+          step_callback: StepCallback | None = None) -> TrainResult:
+    """Train ``model`` on ``dataset`` with DeepSpeed; resume, checkpoint, log, export.
+
+    Args:
+        model: an ``nn.Module`` following the contract in the module docstring (CPU or any
+            device; DeepSpeed moves it). Its ``no_weight_decay_prefixes`` (if any) select the
+            parameters without weight decay, together with every ``ndim <= 1`` parameter.
+        dataset: map-style dataset; read in the seeded, rank-sharded order of
+            :class:`~djepa.core.train.data.ShardedOrder`.
+        cfg: the :class:`TrainConfig`.
+        prepare_batch: ``(collated_batch, device) -> {"tokens": [B, N, D] float,
+            "labels": [B] int64}`` on ``device`` (e.g. sampling VAE posteriors); default: the
+            batch is ``(tokens, labels)`` or a dict with those keys.
+        sample_fn: ``(ema_module, step) -> images [B, C, H, W] in [0, 1]``, called on rank 0
+            every ``cfg.sample_every`` steps; saved as ``samples/step_XXXXXXXX.png`` and to
+            TensorBoard.
+        config_to_save: JSON-safe mapping (model / data / tokenizer sections) written to
+            ``output_dir/config.json`` next to the ``train`` section and ``world_size``.
+        collate_fn: DataLoader collate function (default: ``default_collate``).
+        step_callback: ``(step, losses, module, ema)`` after every step (all ranks).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: ZeRO stage 3; a dataset smaller than one micro-batch per rank.
+        NonFiniteLossError: ``cfg.max_nonfinite_steps`` consecutive non-finite losses.
+        djepa.core.train.checkpoint.CheckpointError: ``resume=True`` without a complete,
+            verified checkpoint.
+        FileExistsError: ``resume=False`` but ``output_dir`` already holds checkpoints.
+
+    Warns:
+        RuntimeWarning: a rejected checkpoint (message names the bad file) before falling back
+            to the previous one; every skipped non-finite step.
+    """
+    if cfg.zero_stage == 3:
+        raise ValueError(
+            "ZeRO stage 3 is not supported: the EMA update and the EMA target-encoder forward "
+            "need full parameters after every step, which stage 3 partitions across ranks. "
+            "Use zero_stage 1 or 2 (parameters replicated, optimizer state / gradients sharded).")
+    D.init_distributed()
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(getattr(logging, cfg.deepspeed_log_level.upper(), logging.WARNING))
+    rank, world = D.rank(), D.world_size()
+    out = Path(cfg.output_dir)
+    root = out / "checkpoints"
+    prepare = prepare_batch or _default_prepare
+
+    # --- engine ------------------------------------------------------------------------------
+    _seed_all(cfg.seed + rank)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg, world),
+                                  betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=deepspeed_config(cfg, world))
+    device = engine.device if isinstance(engine.device, torch.device) else torch.device(engine.device)
+    ema = EMA(engine.module, decay=cfg.ema_decay, warmup=cfg.ema_warmup_steps or None).to(device)
+    groups = engine.optimizer.param_groups
+    if not all("djepa_decay" in g for g in groups):
+        raise RuntimeError("DeepSpeed dropped the parameter-group flags; cannot schedule weight decay")
+
+    obs = Observer(out, active=rank == 0, start_step=0, max_steps=cfg.max_steps,
+                   tensorboard=False, progress_bar=False)  # logging only until we know the step
+
+    # --- resume ------------------------------------------------------------------------------
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tag, err = _choose_checkpoint(root, cfg, obs.log)
+    else:
+        tag, err = None, None
+    tag, err = D.broadcast_object((tag, err))
+    if err is not None:
+        raise (FileExistsError(err) if cfg.resume is False else ckpt.CheckpointError(err))
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_index": 0, "skipped_total": 0,
+                             "consecutive_nonfinite": 0, "samples_seen": 0}
+    if tag is not None:
+        load_path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False,
+                                              load_module_strict=True)
+        if load_path is None:
+            raise ckpt.CheckpointError(f"DeepSpeed could not load {root / tag}")
+        _load_ema(root / tag / "ema.safetensors", ema, device)
+        saved = json.loads((root / tag / "trainer_state.json").read_text())
+        state.update({k: saved[k] for k in state})
+        if saved.get("world_size") != world or saved.get("micro_batch_size") != cfg.micro_batch_size:
+            obs.log(f"WARNING: resuming {tag} with world size {world} / micro-batch "
+                    f"{cfg.micro_batch_size} (saved: {saved.get('world_size')} / "
+                    f"{saved.get('micro_batch_size')}): the data order is not continued exactly")
+        if not ckpt.load_rng(root / tag, rank):
+            _seed_all(cfg.seed + rank + 7919 * state["step"])
+        obs.log(f"resumed from {root / tag} at step {state['step']}")
+    elif rank == 0:
+        ckpt.atomic_write_text(out / "config.json", json.dumps(
+            {**dict(config_to_save or {}), "train": cfg.to_dict(), "world_size": world},
+            indent=2, sort_keys=True, default=str))
+    D.barrier()
+
+    order = ShardedOrder(len(dataset), cfg.micro_batch_size, rank, world, cfg.seed)  # type: ignore[arg-type]
+    loader = ResumableLoader(dataset, order, num_workers=cfg.num_workers, collate_fn=collate_fn,
+                             pin_memory=device.type == "cuda", epoch=state["epoch"],
+                             batch_index=state["batch_index"])
+    step = int(state["step"])
+    end = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    gas, global_batch = cfg.grad_accum_steps, cfg.global_batch_size(world)
+    obs = Observer(out, active=rank == 0, start_step=step, max_steps=cfg.max_steps,
+                   tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+    if cfg.precision == "bf16":
+        autocast: Callable[[], Any] = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    elif cfg.precision == "fp16":
+        autocast = lambda: torch.autocast(device.type, dtype=torch.float16)
+    else:
+        autocast = contextlib.nullcontext
+    in_dtype = torch.float16 if cfg.precision == "fp16" else None
+    manual_norm = cfg.zero_stage == 0 and cfg.precision != "fp16"
+
+    def save(step_now: int) -> None:
+        tag_now = ckpt.tag_for_step(step_now)
+        ckpt_dir = root / tag_now
+        if rank == 0 and ckpt_dir.exists():
+            import shutil
+
+            shutil.rmtree(ckpt_dir)  # a stale, unconfirmed checkpoint with the same tag
+        D.barrier()
+        engine.save_checkpoint(str(root), tag=tag_now, client_state={"djepa_step": step_now},
+                               save_latest=False)
+        ckpt.save_rng(ckpt_dir, rank)
+        if rank == 0:
+            _save_ema(ckpt_dir / "ema.safetensors", ema)
+            epoch, batch_index = loader.position
+            trainer_state = dict(state, step=step_now, epoch=epoch, batch_index=batch_index,
+                                 world_size=world, micro_batch_size=cfg.micro_batch_size,
+                                 grad_accum_steps=gas, ema_num_updates=ema.num_updates,
+                                 train_config=cfg.to_dict())
+            ckpt.atomic_write_text(ckpt_dir / "trainer_state.json",
+                                   json.dumps(trainer_state, indent=1, sort_keys=True))
+        D.barrier()
+        if rank == 0:
+            ckpt.write_manifest(ckpt_dir, checksums=cfg.verify_checksums)
+            ckpt.verify(ckpt_dir, checksums=cfg.verify_checksums)
+            ckpt.write_latest(root, tag_now)
+            ckpt.prune(root, cfg.keep_last, protect=tag_now)
+        D.barrier()
+
+    engine.train()
+    last_losses: dict[str, float] = {}
+    last_saved = step if tag is not None else -1
+    interrupted = False
+    t_last, log_step = time.perf_counter(), step
+    try:
+        with _StopFlag() as stop_flag:
+            while step < end:
+                t0 = time.perf_counter()
+                lr, wd = lr_at(step, cfg, world), weight_decay_at(step, cfg)
+                for g in engine.optimizer.param_groups:
+                    g["lr"] = lr
+                    g["weight_decay"] = wd if g["djepa_decay"] else 0.0
+                sums: Tensor | None = None
+                stage0_norm: float | None = None
+                names: list[str] = []
+                bad, stop_any = 0, False
+                for _ in range(gas):
+                    inputs = prepare(next(loader), device)
+                    tokens = inputs["tokens"]
+                    if in_dtype is not None and tokens.is_floating_point():
+                        tokens = tokens.to(in_dtype)  # DeepSpeed fp16 holds fp16 weights
+                    with autocast():
+                        res = engine(tokens, inputs["labels"], target_model=ema.module)
+                    parts = res._asdict() if hasattr(res, "_asdict") else {"loss": res}
+                    names = list(parts)
+                    vec = torch.stack([v.detach().float().reshape(()) for v in parts.values()]
+                                      + [torch.tensor(float(stop_flag.requested), device=device)])
+                    D.all_reduce_sum(vec)
+                    stop_any = stop_any or bool(vec[-1] > 0)
+                    vec = vec[:-1]
+                    if bool(torch.isfinite(vec).all()):
+                        engine.backward(parts["loss"])
+                        sums = vec if sums is None else sums + vec
+                        if manual_norm and engine.is_gradient_accumulation_boundary():
+                            stage0_norm = _grad_norm(engine.module)  # DeepSpeed reports none
+                        engine.step()
+                    else:
+                        bad += 1
+                        if gas > 1:
+                            engine.backward(_zero_loss(engine.module))
+                            engine.step()
+                    del res, parts
+                skipped = bad > 0
+                applied = not (skipped and gas == 1) and engine.was_step_applied()
+                decay = ema.update(engine.module) if applied else None
+                step += 1
+                state["samples_seen"] += global_batch
+                if skipped:
+                    state["skipped_total"] += 1
+                    state["consecutive_nonfinite"] += 1
+                    msg = (f"step {step}: non-finite loss in {bad}/{gas} micro-batch(es) "
+                           f"(consecutive {state['consecutive_nonfinite']}, total "
+                           f"{state['skipped_total']}); "
+                           + ("step skipped" if gas == 1 else "bad micro-batches dropped"))
+                    if rank == 0:
+                        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                    obs.log("WARNING: " + msg)
+                    if state["consecutive_nonfinite"] >= cfg.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"{state['consecutive_nonfinite']} consecutive steps with a non-finite "
+                            f"loss (limit max_nonfinite_steps={cfg.max_nonfinite_steps}); stopped at "
+                            f"step {step}; last good checkpoint: {ckpt.read_latest(root)}")
+                else:
+                    state["consecutive_nonfinite"] = 0
+                if sums is not None:
+                    last_losses = {n: float(v) / ((gas - bad) * world) for n, v in zip(names, sums)}
+                dt = time.perf_counter() - t0
+                obs.step(step, last_losses)
+                if step_callback is not None:
+                    step_callback(step, dict(last_losses), engine.module, ema)
+                if step % cfg.log_every == 0 or step == end:
+                    gnorm = (stage0_norm if manual_norm else
+                             _as_float(engine.get_global_grad_norm())) if applied else None
+                    now = time.perf_counter()
+                    scalars = {f"loss/{n}": v for n, v in last_losses.items()}
+                    scalars.update({"opt/lr": lr, "opt/weight_decay": wd, "opt/grad_norm": gnorm,
+                                    "ema/decay": decay, "perf/samples_per_s": global_batch / dt,
+                                    "perf/skipped_steps": float(state["skipped_total"])})
+                    obs.scalars(step, scalars)
+                    parts_txt = " ".join(f"{n} {v:.4f}" for n, v in last_losses.items())
+                    obs.log(f"step {step}/{cfg.max_steps} {parts_txt} lr {lr:.3g} wd {wd:.3g} "
+                            f"grad_norm {gnorm if gnorm is None else f'{gnorm:.3g}'} "
+                            f"{(step - log_step) / max(now - t_last, 1e-9):.2f} it/s")
+                    t_last, log_step = now, step
+                if sample_fn is not None and cfg.sample_every and step % cfg.sample_every == 0 \
+                        and rank == 0:
+                    with torch.no_grad():
+                        images = sample_fn(ema.module, step)
+                    obs.log(f"samples written to {obs.images(step, images)}")
+                periodic = step % cfg.checkpoint_every == 0 and not state["consecutive_nonfinite"]
+                if stop_any or step == end or periodic:  # no periodic save inside a NaN streak
+                    save(step)
+                    last_saved = step
+                if stop_any:
+                    interrupted = True
+                    obs.log(f"stop requested: checkpoint {ckpt.tag_for_step(step)} written, exiting")
+                    break
+        if step > last_saved and not interrupted:
+            save(step)
+        finished = step >= cfg.max_steps
+        if finished and rank == 0 and hasattr(ema.module, "save_pretrained"):
+            ema.module.save_pretrained(out / "pretrained")
+            obs.log(f"EMA weights exported to {out / 'pretrained'}")
+        D.barrier()
+    finally:
+        obs.close()
+    return TrainResult(step=step, last_losses=last_losses, skipped_steps=state["skipped_total"],
+                       output_dir=out, finished=finished, interrupted=interrupted,
+                       resumed_from=tag, ema=ema)
