@@ -1,0 +1,120 @@
+"""image-train / image-sample end to end (tiny, a few steps) and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from djepa.core.model import DJEPA
+from djepa.image import sample as sample_cli
+from djepa.image import train as train_cli
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--log-every", "1",
+        "--warmup-steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    rc = train_cli.main(TINY + ["--max-steps", "3", "--checkpoint-every", "2", "--output-dir", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_checkpoints_config_and_loadable_export(trained):
+    assert sorted(p.name for p in (trained / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000003"]
+    assert (trained / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["image"]["dataset"] == "digits" and cfg["model"]["grid"] == [4, 4]
+    model = DJEPA.from_pretrained(trained / "pretrained")
+    assert model.config.token_dim == 4 and model.config.num_classes == 10  # 8x8 digits, patch 2
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_sample_writes_imagefolder_pngs_and_grid(trained, tmp_path, capsys):
+    out = tmp_path / "samples"
+    rc = sample_cli.main(["--checkpoint", str(trained), "--classes", "0,3,7", "--num-per-class", "2",
+                          "--ar-steps", "4", "--denoise-steps", "3", "--output-dir", str(out)])
+    assert rc == 0
+    pngs = sorted(str(p.relative_to(out)) for p in out.glob("*/*.png"))
+    assert pngs == [f"{c}/{i:05d}.png" for c in (0, 3, 7) for i in (0, 1)]
+    assert Image.open(out / "3" / "00001.png").size == (8, 8)
+    assert (out / "grid.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 6 and 0.0 <= summary["fraction_outside_range"] <= 1.0
+    assert "s/img" in capsys.readouterr().out
+
+
+def test_same_seed_same_pngs(trained, tmp_path):
+    args = ["--checkpoint", str(trained / "pretrained"), "--classes", "1", "--num-per-class", "2",
+            "--ar-steps", "2", "--denoise-steps", "2"]
+    for name in ("a", "b"):
+        assert sample_cli.main(args + ["--output-dir", str(tmp_path / name)]) == 0
+    a = (tmp_path / "a" / "1" / "00000.png").read_bytes()
+    assert a == (tmp_path / "b" / "1" / "00000.png").read_bytes()
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+def test_sample_errors(trained, tmp_path, capsys):
+    assert sample_cli.main(["--checkpoint", str(trained), "--classes", "10"]) == 2
+    assert "class id 10 is out of range" in _error_line(capsys)
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in _error_line(capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sample_cli.main(["--checkpoint", str(empty)]) == 2
+    assert "holds no exported model" in _error_line(capsys)
+    # tokenizer description that does not fit the weights
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bad / f).write_bytes((trained / "pretrained" / f).read_bytes())
+    info = json.loads((trained / "pretrained" / "tokenizer.json").read_text())
+    (bad / "tokenizer.json").write_text(json.dumps(dict(info, patch_size=1)))
+    assert sample_cli.main(["--checkpoint", str(bad)]) == 2
+    assert "does not match the model" in _error_line(capsys)
+
+
+def test_train_errors(tmp_path, capsys):
+    assert train_cli.main(TINY + ["--dataset", "idx", "--output-dir", str(tmp_path / "a")]) == 2
+    assert "needs a data directory" in _error_line(capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train_cli.main(TINY + ["--dataset", "imagefolder", "--data-dir", str(empty), "--image-size", "8",
+                                  "--output-dir", str(tmp_path / "b")]) == 2
+    assert str(empty) in _error_line(capsys)
+    assert train_cli.main(TINY + ["--patch-size", "3", "--output-dir", str(tmp_path / "c")]) == 2
+    assert "patch size 3 does not divide image size" in _error_line(capsys)
+    with pytest.raises(SystemExit) as e:  # tyro's own message for an unknown choice
+        train_cli.main(["--dataset", "cifar"])
+    assert e.value.code == 2
+
+
+def test_config_file_supplies_defaults(tmp_path):
+    from djepa.core.cli import parse
+
+    f = tmp_path / "c.yaml"
+    f.write_text("max-steps: 7\npatch_size: 4\n")
+    cfg = parse(train_cli.ImageTrainConfig, ["--config", str(f), "--patch-size", "1"])
+    assert cfg.max_steps == 7 and cfg.patch_size == 1  # command line wins over the file
+
+
+@pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="shared data folder absent")
+def test_train_on_real_fashion_mnist_idx(tmp_path):
+    out = tmp_path / "fm"
+    rc = train_cli.main(TINY + ["--dataset", "idx", "--data-dir", str(SHARED / "fashion-mnist"),
+                                "--patch-size", "7", "--max-steps", "1", "--output-dir", str(out)])
+    assert rc == 0
+    model = DJEPA.from_pretrained(out / "pretrained")
+    assert model.config.grid == (4, 4) and model.config.token_dim == 49
+    assert torch.isfinite(torch.cat([p.flatten() for p in model.parameters()])).all()
