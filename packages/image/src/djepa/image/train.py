@@ -87,7 +87,7 @@ class ImageTrainConfig:
     """auto: continue from the last complete checkpoint in --output-dir if there is one."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (0, 1 or 2)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     """fp32, bf16 (autocast, fp32 master weights and EMA) or fp16 (DeepSpeed loss scaling)."""
     num_workers: int = 0
     """DataLoader worker processes."""
@@ -95,6 +95,15 @@ class ImageTrainConfig:
     """AR steps of the sample grids written during training."""
     sample_cfg: float = 3.0
     """CFG scale of the sample grids written during training."""
+    vae: str | None = None
+    """Train in latent space: diffusers:PATH, kl16:PATH or taesd:DIR (None = pixels);
+    --patch-size then counts latent pixels (KL-16: 1)."""
+    latent_scale: float | None = None
+    """Latent scale (token = (z − shift)·scale); None = the VAE's (KL-16 0.2325)."""
+    latent_shift: float | None = None
+    """Latent shift; None = the VAE's."""
+    cached_latents: str | None = None
+    """Train on an image-cache-latents folder (posterior sampled per step, flip p = 0.5)."""
 
 
 def _preset_overrides(preset: str) -> tuple[str, dict]:
@@ -146,21 +155,33 @@ def run(cfg: ImageTrainConfig) -> Path:
     from djepa.image.tokenizer import PixelTokenizer
 
     default_size = {"digits": 8, "idx": None, "imagefolder": None}[cfg.dataset]
-    dataset = build_dataset(cfg.dataset, cfg.data_dir, cfg.image_size or default_size, split="train")
+    latent = None
+    if cfg.vae or cfg.cached_latents:
+        from djepa.image.latents import latent_training_setup
+
+        latent = latent_training_setup(cfg)
+        dataset = latent.dataset
+    else:
+        dataset = build_dataset(cfg.dataset, cfg.data_dir, cfg.image_size or default_size, split="train")
     if len(dataset) == 0:
         raise UserError(f"dataset {cfg.dataset!r} at {cfg.data_dir} is empty")
     image_size = int(dataset.image_size)
     channels, num_classes = int(dataset.channels), int(dataset.num_classes)
-    tokenizer = PixelTokenizer(channels, image_size, cfg.patch_size)
-    model_cfg = build_model_config(cfg, channels=channels, image_size=image_size, num_classes=num_classes)
+    tokenizer = latent.tokenizer if latent else PixelTokenizer(channels, image_size, cfg.patch_size)
+    model_cfg = build_model_config(cfg, channels=tokenizer.latent_channels if latent else channels,
+                                   image_size=tokenizer.latent_size[0] if latent else image_size,
+                                   num_classes=num_classes)
     torch.manual_seed(cfg.seed)
     model = DJEPA(model_cfg)
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok_info = dict(kind="pixel", channels=channels, image_size=image_size, patch_size=cfg.patch_size,
-                    value_range=list(tokenizer.value_range),
-                    class_names=list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)])))
+    class_names = list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)]))
+    if latent:
+        tok_info = dict(tokenizer.describe(), class_names=class_names)
+    else:
+        tok_info = dict(kind="pixel", channels=channels, image_size=image_size, patch_size=cfg.patch_size,
+                        value_range=list(tokenizer.value_range), class_names=class_names)
     if _is_rank0():
         (out / TOKENIZER_FILE).write_text(json.dumps(tok_info, indent=2) + "\n")
 
@@ -188,7 +209,7 @@ def run(cfg: ImageTrainConfig) -> Path:
         checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, sample_every=cfg.sample_every,
         log_every=cfg.log_every, seed=cfg.seed, num_workers=cfg.num_workers,
         resume={"auto": "auto", "yes": True, "no": False}[cfg.resume])
-    result = train(model, dataset, train_cfg, prepare_batch=prepare_batch,
+    result = train(model, dataset, train_cfg, prepare_batch=latent.prepare_batch if latent else prepare_batch,
                    sample_fn=sample_fn if cfg.sample_every else None,
                    config_to_save={"image": dataclasses.asdict(cfg), "model": config_to_dict(model_cfg),
                                    "tokenizer": tok_info})
