@@ -15,11 +15,13 @@ its ``net.*`` weights load without renaming; the parameter count equals MAR's ex
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DenoisingMLP", "TimestepEmbedder", "timestep_embedding", "modulate"]
+__all__ = ["DenoisingMLP", "SamplingPlan", "TimestepEmbedder", "timestep_embedding", "modulate"]
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -84,7 +86,11 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels, bias=True))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return self.apply_modulation(x, self.adaLN_modulation(y))
+
+    def apply_modulation(self, x: Tensor, mod: Tensor) -> Tensor:
+        """The block given its AdaLN output ``mod = adaLN_modulation(y)``: ``[M, 3W]``."""
+        shift, scale, gate = mod.chunk(3, dim=-1)
         h = modulate(self.in_ln(x), shift, scale)
         return x + gate * self.mlp(h)
 
@@ -101,8 +107,39 @@ class FinalLayer(nn.Module):
         )
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.apply_modulation(x, self.adaLN_modulation(c))
+
+    def apply_modulation(self, x: Tensor, mod: Tensor) -> Tensor:
+        """The layer given its AdaLN output ``mod = adaLN_modulation(c)``: ``[M, 2W]``."""
+        shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Work of :class:`DenoisingMLP` that is constant over one sampler call (§3.5 / App. F:
+    the same ``z`` at every denoising step, timesteps from a known finite set).
+
+    Built by :meth:`DenoisingMLP.sampling_plan` and passed to ``forward(..., plan=plan)``; the
+    forward then looks the timestep embedding up instead of recomputing it, reuses
+    ``cond_embed(z)`` and runs every block's AdaLN modulation as one matmul. Same math as the
+    plain forward (equal up to float rounding of the reordered matmuls).
+
+    Attributes:
+        z: the ``[M, D_z]`` features the plan was built for (``forward`` checks identity).
+        t_values: ``[S]`` float32 ascending timesteps the plan covers.
+        t_embed: ``[S, W]`` ``time_embed(t_values)``.
+        cond: ``[M, W]`` ``cond_embed(z)``.
+        ada_weight / ada_bias: all AdaLN modulation Linears stacked (blocks, then final layer):
+            ``[(3·depth + 2)·W, W]`` / ``[(3·depth + 2)·W]``, in the compute dtype.
+    """
+
+    z: Tensor
+    t_values: Tensor
+    t_embed: Tensor
+    cond: Tensor
+    ada_weight: Tensor
+    ada_bias: Tensor
 
 
 class DenoisingMLP(nn.Module):
@@ -163,20 +200,48 @@ class DenoisingMLP(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
+    @torch.no_grad()
+    def sampling_plan(self, z: Tensor, timesteps: Tensor) -> SamplingPlan:
+        """Precompute the step-independent work for a sampler that calls ``forward(x, t, z,
+        plan=plan)`` with this exact ``z`` and every ``t`` in ``timesteps`` (inference only:
+        no gradient flows through the plan). Build it under the autocast state of the calls.
+
+        Args:
+            z: ``[M, D_z]`` conditioning features.
+            timesteps: the timesteps the sampler will pass (any shape; long indices or float,
+                e.g. the respaced ``timestep_map`` or ``1000·time_grid``).
+        """
+        dtype = self.input_proj.weight.dtype
+        t_values = torch.unique(timesteps.detach().reshape(-1).float())  # sorted ascending
+        t_embed = self.time_embed(t_values)
+        cond = self.cond_embed(z.to(dtype))
+        ada = [b.adaLN_modulation[-1] for b in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
+        weight = torch.cat([m.weight for m in ada], dim=0)
+        bias = torch.cat([m.bias for m in ada], dim=0)
+        dev = weight.device.type
+        if torch.is_autocast_enabled(dev):  # cast once here, not at every step
+            weight = weight.to(torch.get_autocast_dtype(dev))
+            bias = bias.to(weight.dtype)
+        return SamplingPlan(z, t_values, t_embed, cond, weight, bias)
+
+    def forward(self, x: Tensor, t: Tensor, z: Tensor, *, plan: SamplingPlan | None = None) -> Tensor:
         """Predict ε (and the variance interpolation v) or the velocity for each token.
 
         Args:
             x: ``[M, C]`` noisy tokens (float).
             t: ``[M]`` timesteps, long indices or float (flow matching: ``1000·t``).
             z: ``[M, D_z]`` conditioning features.
+            plan: optional :meth:`sampling_plan` built for this ``z`` (inference fast path);
+                every ``t`` must be one of its timesteps.
 
         Returns:
             ``[M, out_channels]`` in the parameters' dtype (or the autocast dtype).
 
         Raises:
-            ValueError: mismatched shapes.
+            ValueError: mismatched shapes, or a plan built for another ``z``.
         """
+        if plan is not None:
+            return self._forward_planned(x, t, z, plan)
         if x.dim() != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [M, {self.in_channels}], got {tuple(x.shape)}")
         if z.dim() != 2 or z.shape[1] != self.z_channels or z.shape[0] != x.shape[0]:
@@ -189,3 +254,19 @@ class DenoisingMLP(nn.Module):
         for block in self.res_blocks:
             h = block(h, y)
         return self.final_layer(h, y)
+
+    def _forward_planned(self, x: Tensor, t: Tensor, z: Tensor, plan: SamplingPlan) -> Tensor:
+        if z is not plan.z:
+            raise ValueError("this SamplingPlan was built for another z")
+        if x.dim() != 2 or x.shape[1] != self.in_channels or x.shape[0] != z.shape[0]:
+            raise ValueError(f"x must be [{z.shape[0]}, {self.in_channels}], got {tuple(x.shape)}")
+        idx = torch.searchsorted(plan.t_values, t.reshape(-1).float())
+        y = plan.t_embed.index_select(0, idx) + plan.cond
+        h = self.input_proj(x.to(self.input_proj.weight.dtype))
+        mods = F.linear(F.silu(y), plan.ada_weight, plan.ada_bias)
+        w = self.model_channels
+        off = 0
+        for block in self.res_blocks:
+            h = block.apply_modulation(h, mods[:, off:off + 3 * w])
+            off += 3 * w
+        return self.final_layer.apply_modulation(h, mods[:, off:])

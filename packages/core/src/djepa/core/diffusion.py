@@ -401,12 +401,56 @@ class GaussianDiffusion:
             x = randn(tuple(shape), generator=generator, device=torch.device(device))
         else:
             x = noise.float()
+        if x.dim() != 2:  # the scalar fast path below is written for [M, C] tokens
+            for i in reversed(range(self.num_timesteps)):
+                t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+                x = self.p_sample(
+                    model_fn, x, t, temperature=temperature, clip_range=clip_range, generator=generator
+                )["sample"]
+            return x
+        # Same math and op order as p_sample, but every row shares the step, so the table
+        # entries are float32 scalars (exactly the values _extract gathers) instead of [M, 1]
+        # gathers, and the unused variance exp is skipped.
+        tab = self._scalar_tables()
+        m, c = x.shape
+        tau = float(temperature)
+        lo_hi = None if clip_range is None else (float(clip_range[0]), float(clip_range[1]))
+        tmap = self.timestep_map.tolist()
         for i in reversed(range(self.num_timesteps)):
-            t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            x = self.p_sample(
-                model_fn, x, t, temperature=temperature, clip_range=clip_range, generator=generator
-            )["sample"]
+            t_model = torch.full((m,), tmap[i], dtype=torch.long, device=x.device)
+            model_output = model_fn(x, t_model)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = model_output.float()
+                if out.shape[-1] == 2 * c:
+                    eps, v = out[..., :c], out[..., c:]
+                    frac = (v + 1.0) / 2.0
+                    log_var = frac * tab["log_betas"][i] + (1.0 - frac) * tab["posterior_log_variance_clipped"][i]
+                elif out.shape[-1] == c:
+                    eps = out
+                    log_var = x.new_full(x.shape, tab["fixed_large_log_variance"][i])
+                else:
+                    raise ValueError(f"model output has {out.shape[-1]} channels; expected {c} or {2 * c}")
+                pred_xstart = tab["sqrt_recip_alphas_cumprod"][i] * x - tab["sqrt_recipm1_alphas_cumprod"][i] * eps
+                if lo_hi is not None:
+                    pred_xstart = pred_xstart.clamp(*lo_hi)
+                mean = tab["posterior_mean_coef1"][i] * pred_xstart + tab["posterior_mean_coef2"][i] * x
+                step_noise = randn_like(x, generator)
+                sigma = torch.exp(0.5 * log_var)
+                if i == 0:
+                    sigma = sigma * 0.0
+                x = mean + sigma * tau * step_noise
         return x
+
+    def _scalar_tables(self) -> dict[str, list[float]]:
+        """The sampling tables as Python floats holding their float32 values (cached)."""
+        cached = getattr(self, "_scalar_cache", None)
+        if cached is None:
+            names = ("log_betas", "posterior_log_variance_clipped", "fixed_large_log_variance",
+                     "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+                     "posterior_mean_coef1", "posterior_mean_coef2")
+            cached = {n: getattr(self, n).to(torch.float32).tolist() for n in names}
+            self._scalar_cache = cached
+        return cached
 
     # ------------------------------------------------------------------ training
     def vb_terms_bpd(

@@ -119,23 +119,31 @@ class DiffusionLoss(TokenLoss):
         losses = self.per_token_losses(target, z, generator=generator)["loss"]
         return masked_mean(losses, None if mask is None else mask.reshape(-1))
 
-    def guided_model_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float):
+    def guided_model_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float,
+                        timesteps: Tensor | None = None):
         """``model_fn(x_t, t)`` for :class:`GaussianDiffusion`, with CFG when it is on.
 
         With CFG the MLP sees one doubled batch ``[x_t; x_t]`` with ``[z; z_uncond]``; the
         guided ε = ε_u + s·(ε_c − ε_u) covers all C ε channels and the variance channels come
         from the conditional half. Without CFG the batch is not doubled.
+
+        ``timesteps``: the (original) timesteps the caller will pass, e.g. the respaced
+        ``timestep_map``; when given (and ``net`` is a :class:`DenoisingMLP`) the step-independent
+        work is done once (:meth:`DenoisingMLP.sampling_plan`) — inference only.
         """
         c = self.token_dim
-        if not self._guided(z, z_uncond, cfg_scale):
-            return lambda x, t: self.net(x, t, z).float()
-        assert z_uncond is not None
-        zz = torch.cat([z, z_uncond], dim=0)
+        guided = self._guided(z, z_uncond, cfg_scale)
+        zz = torch.cat([z, z_uncond], dim=0) if guided else z  # type: ignore[list-item]
+        kw = {}
+        if timesteps is not None and isinstance(self.net, DenoisingMLP) and not torch.is_grad_enabled():
+            kw = {"plan": self.net.sampling_plan(zz, timesteps)}
+        if not guided:
+            return lambda x, t: self.net(x, t, zz, **kw).float()
         s = float(cfg_scale)
 
         def model_fn(x: Tensor, t: Tensor) -> Tensor:
             m = x.shape[0]
-            out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), zz).float()
+            out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), zz, **kw).float()
             eps_c, eps_u = out[:m, :c], out[m:, :c]
             eps = eps_u + s * (eps_c - eps_u)
             return torch.cat([eps, out[:m, c:]], dim=-1)
@@ -174,7 +182,8 @@ class DiffusionLoss(TokenLoss):
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [M, {self.z_dim}], got {tuple(z.shape)}")
         diffusion = self.sampling_diffusion(int(num_steps or self.default_num_steps))
-        model_fn = self.guided_model_fn(z, z_uncond, cfg_scale)
+        model_fn = self.guided_model_fn(z, z_uncond, cfg_scale,
+                                        timesteps=diffusion.timestep_map.to(z.device))
         return diffusion.p_sample_loop(
             model_fn,
             (z.shape[0], self.token_dim),

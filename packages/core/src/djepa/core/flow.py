@@ -168,17 +168,26 @@ class FlowMatchingLoss(TokenLoss):
         losses = self.per_token_losses(target, z, generator=generator)
         return masked_mean(losses, None if mask is None else mask.reshape(-1))
 
-    def guided_velocity_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float) -> VelocityFn:
-        """``velocity(x, t)`` with t in [0, 1]; CFG v = v_u + s·(v_c − v_u) on a doubled batch."""
-        if not self._guided(z, z_uncond, cfg_scale):
-            return lambda x, t: self.net(x, t * TIME_SCALE, z).float()
-        assert z_uncond is not None
-        zz = torch.cat([z, z_uncond], dim=0)
+    def guided_velocity_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float,
+                           times: Tensor | None = None) -> VelocityFn:
+        """``velocity(x, t)`` with t in [0, 1]; CFG v = v_u + s·(v_c − v_u) on a doubled batch.
+
+        ``times``: the flow times in [0, 1] the solver will pass (its grid); when given (and
+        ``net`` is a :class:`DenoisingMLP`) the step-independent work is done once
+        (:meth:`DenoisingMLP.sampling_plan`) — inference only.
+        """
+        guided = self._guided(z, z_uncond, cfg_scale)
+        zz = torch.cat([z, z_uncond], dim=0) if guided else z  # type: ignore[list-item]
+        kw = {}
+        if times is not None and isinstance(self.net, DenoisingMLP) and not torch.is_grad_enabled():
+            kw = {"plan": self.net.sampling_plan(zz, times.float() * TIME_SCALE)}
+        if not guided:
+            return lambda x, t: self.net(x, t * TIME_SCALE, zz, **kw).float()
         s = float(cfg_scale)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             m = x.shape[0]
-            out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0) * TIME_SCALE, zz).float()
+            out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0) * TIME_SCALE, zz, **kw).float()
             v_c, v_u = out[:m], out[m:]
             return v_u + s * (v_c - v_u)
 
@@ -220,7 +229,10 @@ class FlowMatchingLoss(TokenLoss):
         """
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [M, {self.z_dim}], got {tuple(z.shape)}")
-        velocity = self.guided_velocity_fn(z, z_uncond, cfg_scale)
+        n_steps = int(num_steps or self.default_num_steps)
+        shift = self.time_shift if time_shift is None else float(time_shift)
+        velocity = self.guided_velocity_fn(z, z_uncond, cfg_scale,
+                                           times=time_grid(n_steps, shift, device=z.device))
         if clip_range is not None:
             lo, hi = float(clip_range[0]), float(clip_range[1])
             raw = velocity
@@ -236,6 +248,5 @@ class FlowMatchingLoss(TokenLoss):
         if noise is None:
             noise = randn((z.shape[0], self.token_dim), generator=generator, device=z.device)
         x0 = float(temperature) * noise.float()
-        shift = self.time_shift if time_shift is None else float(time_shift)
         # the network keeps the caller's autocast; the solver's updates are float32 elementwise ops
-        return ode_solve(velocity, x0, int(num_steps or self.default_num_steps), solver, shift)
+        return ode_solve(velocity, x0, n_steps, solver, shift)

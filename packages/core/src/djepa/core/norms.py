@@ -16,10 +16,16 @@ from torch import Tensor, nn
 __all__ = ["LayerNorm", "RMSNorm", "no_autocast"]
 
 
+_AUTOCAST_AVAILABLE: dict[str, bool] = {}
+
+
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """A context that disables autocast on ``device`` (a no-op where autocast is unavailable,
     e.g. the meta device)."""
-    if torch.amp.is_autocast_available(device.type):
+    available = _AUTOCAST_AVAILABLE.get(device.type)
+    if available is None:  # asked once per device type (a plain dict read traces under compile)
+        available = _AUTOCAST_AVAILABLE[device.type] = torch.amp.is_autocast_available(device.type)
+    if available:
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
