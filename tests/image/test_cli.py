@@ -46,8 +46,15 @@ def test_sample_writes_imagefolder_pngs_and_grid(trained, tmp_path, capsys):
     assert Image.open(out / "3" / "00001.png").size == (8, 8)
     assert (out / "grid.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == 6 and 0.0 <= summary["fraction_outside_range"] <= 1.0
+    assert summary["images"] == 6 and summary["fraction_outside_range"] < 0.01  # x0 clipped to [-1, 1]
     assert "s/img" in capsys.readouterr().out
+    # a second run into the same folder is refused unless --overwrite (no silent mixing)
+    args = ["--checkpoint", str(trained), "--classes", "0", "--num-per-class", "1", "--ar-steps", "2",
+            "--denoise-steps", "2", "--output-dir", str(out)]
+    assert sample_cli.main(args) == 2
+    assert "--overwrite" in _error_line(capsys)
+    assert sample_cli.main(args + ["--overwrite"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.png")) == ["0/00000.png"]
 
 
 def test_same_seed_same_pngs(trained, tmp_path):
@@ -100,13 +107,33 @@ def test_train_errors(tmp_path, capsys):
     assert e.value.code == 2
 
 
-def test_config_file_supplies_defaults(tmp_path):
-    from djepa.core.cli import parse
+def test_config_file_supplies_defaults_and_launcher_args_are_ignored(tmp_path):
+    from djepa.core.cli import UserError, parse
 
     f = tmp_path / "c.yaml"
-    f.write_text("max-steps: 7\npatch_size: 4\n")
-    cfg = parse(train_cli.ImageTrainConfig, ["--config", str(f), "--patch-size", "1"])
+    f.write_text("max-steps: 7\npatch_size: 4\nlr: null\nprediction_loss_weight: 0\n")
+    cfg = parse(train_cli.ImageTrainConfig, ["--config", str(f), "--patch-size", "1", "--local_rank=1"])
     assert cfg.max_steps == 7 and cfg.patch_size == 1  # command line wins over the file
+    assert cfg.lr is None and cfg.prediction_loss_weight == 0.0
+    g = tmp_path / "s.json"
+    g.write_text('{"checkpoint": "runs/x", "cfg": 2.5}')  # a required flag may come from the file
+    scfg = parse(sample_cli.ImageSampleConfig, ["--config", str(g), "--local_rank", "0"])
+    assert scfg.checkpoint == "runs/x" and scfg.cfg == 2.5
+    f.write_text("max_steps: ten\n")
+    with pytest.raises(SystemExit):  # type-checked like a flag
+        parse(train_cli.ImageTrainConfig, ["--config", str(f)])
+    f.write_text("max_stepz: 3\n")
+    with pytest.raises(UserError, match="unknown keys"):
+        parse(train_cli.ImageTrainConfig, ["--config", str(f)])
+
+
+def test_resume_into_a_folder_of_another_run_is_refused(trained, tmp_path, capsys):
+    # same folder, different loss weight → different model config: refused, nothing overwritten
+    before = (trained / "checkpoints" / "latest").read_text()
+    rc = train_cli.main(TINY + ["--max-steps", "4", "--prediction-loss-weight", "0", "--output-dir", str(trained)])
+    assert rc == 2
+    assert "different 'model' configuration" in _error_line(capsys)
+    assert (trained / "checkpoints" / "latest").read_text() == before
 
 
 @pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="shared data folder absent")

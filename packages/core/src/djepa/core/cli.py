@@ -50,9 +50,41 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def _file_values_as_args(values: dict[str, Any]) -> list[str]:
+    """Config-file values → command-line tokens, so tyro type-checks them like flags."""
+    args: list[str] = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, "None" if value is None else str(value)]
+    return args
+
+
+def _drop_launcher_args(argv: list[str]) -> list[str]:
+    """Remove ``--local_rank=N`` / ``--local-rank N`` that the ``deepspeed`` launcher (and old
+    ``torch.distributed.launch``) append; the rank is also in the ``LOCAL_RANK`` variable."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--local_rank", "--local-rank"):
+            skip = True
+        elif not a.startswith(("--local_rank=", "--local-rank=")):
+            out.append(a)
+    return out
+
+
 def parse(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None = None,
           description: str | None = None) -> T:
     """Parse ``argv`` into the dataclass ``cls``; ``--config FILE`` supplies defaults.
+
+    Values from the file are turned into flags placed before the command line's own, so they
+    are type-checked the same way and flags given on the command line win.
 
     Raises:
         UserError: bad config file, or keys in it that ``cls`` does not have.
@@ -60,39 +92,36 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None =
     """
     import tyro
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    default = None
-    if "--config" in argv or any(a.startswith("--config=") for a in argv):
-        rest, path = [], None
-        it = iter(argv)
-        for a in it:
-            if a == "--config":
-                path = next(it, None)
-                if path is None:
-                    raise UserError("--config needs a file path")
-            elif a.startswith("--config="):
-                path = a.split("=", 1)[1]
-            else:
-                rest.append(a)
-        values = load_config_file(path)  # type: ignore[arg-type]
+    argv = _drop_launcher_args(list(sys.argv[1:] if argv is None else argv))
+    rest, path = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--config":
+            path = next(it, None)
+            if path is None:
+                raise UserError("--config needs a file path")
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if path is not None:
+        values = load_config_file(path)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"config file {path} has unknown keys {unknown}")
-        base = cls()  # type: ignore[call-arg]
-        default = dataclasses.replace(base, **values)  # type: ignore[type-var]
-        argv = rest
+        rest = _file_values_as_args(values) + rest
     desc = (description or (cls.__doc__ or "")).strip()
     desc += "\n\nAll flags can also come from a YAML/JSON file: --config FILE (flags given win)."
-    return tyro.cli(cls, args=argv, default=default, prog=prog, description=desc)
+    return tyro.cli(cls, args=rest, prog=prog, description=desc)
 
 
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     """Run ``fn``; expected errors become ``prog: error: message`` on stderr and exit status 2.
 
-    Expected errors: :class:`UserError`, ``ValueError``, ``FileNotFoundError``, ``KeyError``,
-    ``NotADirectoryError``, ``PermissionError`` and the checkpoint errors (all subclasses of
-    these, ``RuntimeError`` included: the engine's checkpoint and non-finite-loss errors).
+    Expected errors: :class:`UserError`, ``ValueError``, ``OSError`` (missing files, existing
+    folders, permissions), ``KeyError`` and ``RuntimeError`` (the engine's checkpoint and
+    non-finite-loss errors); only the message's first line is printed.
     Set ``DJEPA_DEBUG=1`` to get the traceback instead. ``KeyboardInterrupt`` exits 130.
     """
     import os
@@ -104,8 +133,8 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-            KeyError, RuntimeError) as e:
+    except (UserError, ValueError, OSError, KeyError, RuntimeError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        msg = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2

@@ -49,6 +49,10 @@ class ImageSampleConfig:
     """Where the PNGs and grid.png go."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:1, …"""
+    precision: str = "bf16"
+    """bf16 (autocast, as trained; fp32 denoising math) or fp32."""
+    overwrite: bool = False
+    """Replace the PNGs of an output folder that already holds samples (refused otherwise)."""
 
 
 def resolve_pretrained(path: str | Path) -> Path:
@@ -81,7 +85,12 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu"):
         raise FileNotFoundError(f"{folder} has no tokenizer.json describing the image tokenizer")
     info = json.loads(tok_file.read_text())
     model = DJEPA.from_pretrained(folder, map_location=device).eval()
-    tokenizer = PixelTokenizer(info["channels"], info["image_size"], info["patch_size"])
+    if info.get("kind") == "vae":
+        from djepa.image.vae import vae_tokenizer_from_description
+
+        tokenizer = vae_tokenizer_from_description(info)
+    else:
+        tokenizer = PixelTokenizer(info["channels"], info["image_size"], info["patch_size"])
     if tokenizer.token_dim != model.config.token_dim or tuple(tokenizer.grid) != model.config.grid:
         raise UserError(f"{tok_file} does not match the model in {folder} "
                         f"(tokens {tokenizer.token_dim}×{tokenizer.grid} vs {model.config.token_dim}×{model.config.grid})")
@@ -112,6 +121,8 @@ def run(cfg: ImageSampleConfig) -> dict:
 
     if cfg.num_per_class < 1 or cfg.batch_size < 1:
         raise UserError("--num-per-class and --batch-size must be >= 1")
+    if cfg.precision not in ("bf16", "fp32"):
+        raise UserError(f"--precision must be bf16 or fp32, got {cfg.precision!r}")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
@@ -123,13 +134,20 @@ def run(cfg: ImageSampleConfig) -> dict:
     labels = torch.tensor(classes).repeat_interleave(cfg.num_per_class)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    old = [p for p in out.glob("*/*.png") if p.parent.name.isdigit()] if out.is_dir() else []
+    if old and not cfg.overwrite:
+        raise UserError(f"{out} already holds {len(old)} sample PNGs; pass --overwrite to replace "
+                        f"them or choose another --output-dir (mixing runs would corrupt evaluations)")
+    for p in old:
+        p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     images, outside, total = [], 0.0, 0
     t0 = time.perf_counter()
     for start in range(0, len(labels), cfg.batch_size):
         lab = labels[start:start + cfg.batch_size].to(device)
-        tokens = generate(model, lab, sampler, generator=gen,
-                          clip_range=tokenizer.value_range).float().cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            tokens = generate(model, lab, sampler, generator=gen,
+                              clip_range=tokenizer.value_range).float().cpu()
         outside += fraction_outside(tokens, tokenizer.value_range) * tokens.numel()
         total += tokens.numel()
         images.append(tokenizer.decode(tokens))

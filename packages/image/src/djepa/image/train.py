@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,7 @@ from typing import Literal
 import torch
 
 from djepa.core.cli import UserError, parse, run_main
+from djepa.core.pretrained import atomic_write_text
 
 __all__ = ["ImageTrainConfig", "build_model_config", "run", "main"]
 
@@ -63,8 +65,14 @@ class ImageTrainConfig:
     """Base learning rate per 256 samples (used when --lr is None)."""
     warmup_steps: int = 200
     """Linear learning-rate warm-up (optimizer steps)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant (paper) or cosine decay to --min-lr."""
+    min_lr: float = 0.0
+    """Floor of the cosine schedule."""
     weight_decay: float = 0.02
     """AdamW weight decay (none on biases, norms, embeddings/tokens, denoising MLP, projector)."""
+    weight_decay_end: float | None = None
+    """When set, weight decay goes linearly from --weight-decay to this over the run (paper: 0.02 → 0.2)."""
     ema_decay: float = 0.999
     """EMA decay of the target encoder / sampling weights (paper 0.9999 for 400+ epoch runs)."""
     ema_warmup_steps: int = 500
@@ -141,8 +149,11 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run(cfg: ImageTrainConfig) -> Path:
-    """Train with ``cfg``; returns the ``pretrained/`` export folder (EMA weights).
+def run(cfg: ImageTrainConfig) -> int:
+    """Train with ``cfg`` (EMA weights exported to ``OUTPUT/pretrained``).
+
+    Returns:
+        0 when the run finished, 130 when SIGINT/SIGTERM stopped it (a checkpoint was written).
 
     Raises:
         UserError / ValueError / FileNotFoundError: bad flags or data (clear messages).
@@ -183,14 +194,14 @@ def run(cfg: ImageTrainConfig) -> Path:
         tok_info = dict(kind="pixel", channels=channels, image_size=image_size, patch_size=cfg.patch_size,
                         value_range=list(tokenizer.value_range), class_names=class_names)
     if _is_rank0():
-        (out / TOKENIZER_FILE).write_text(json.dumps(tok_info, indent=2) + "\n")
+        atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
 
     def prepare_batch(batch, device):
         images, labels = batch
         return {"tokens": tokenizer.encode(images.to(device, non_blocking=True)),
                 "labels": labels.to(device, non_blocking=True)}
 
-    grid_labels = torch.arange(num_classes).repeat_interleave(max(1, 80 // num_classes))[:100]
+    grid_labels = torch.arange(num_classes).repeat_interleave(max(1, 100 // num_classes))[:100]
     sampler_cfg = SamplerConfig(num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg,
                                 temperature=1.0, num_denoise_steps=50)
 
@@ -204,25 +215,34 @@ def run(cfg: ImageTrainConfig) -> Path:
     train_cfg = TrainConfig(
         output_dir=str(out), max_steps=cfg.max_steps, micro_batch_size=cfg.batch_size,
         grad_accum_steps=cfg.grad_accum, blr=cfg.blr, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, zero_stage=cfg.zero_stage,
+        lr_schedule=cfg.lr_schedule, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+        weight_decay_end=cfg.weight_decay_end, grad_clip=cfg.grad_clip, zero_stage=cfg.zero_stage,
         precision=cfg.precision, ema_decay=cfg.ema_decay, ema_warmup_steps=cfg.ema_warmup_steps,
         checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, sample_every=cfg.sample_every,
         log_every=cfg.log_every, seed=cfg.seed, num_workers=cfg.num_workers,
         resume={"auto": "auto", "yes": True, "no": False}[cfg.resume])
+    data_info = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size,
+                     vae=cfg.vae, cached_latents=cfg.cached_latents)
     result = train(model, dataset, train_cfg, prepare_batch=latent.prepare_batch if latent else prepare_batch,
                    sample_fn=sample_fn if cfg.sample_every else None,
                    config_to_save={"image": dataclasses.asdict(cfg), "model": config_to_dict(model_cfg),
-                                   "tokenizer": tok_info})
+                                   "tokenizer": tok_info, "data": data_info},
+                   must_match=("model", "tokenizer", "data"))
     export = out / "pretrained"
+    if result.interrupted:
+        if _is_rank0():
+            print(f"image-train: interrupted at step {result.step}; checkpoint written; run the same "
+                  f"command to resume", file=sys.stderr)
+        return 130
     if _is_rank0() and export.is_dir():
-        (export / TOKENIZER_FILE).write_text(json.dumps(tok_info, indent=2) + "\n")
+        atomic_write_text(export / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
         print(f"image-train: done at step {result.step}; EMA weights in {export}")
-    return export
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-train``."""
-    return run_main("image-train", lambda: run(parse(ImageTrainConfig, argv, prog="image-train")) and 0)
+    return run_main("image-train", lambda: run(parse(ImageTrainConfig, argv, prog="image-train")))
 
 
 if __name__ == "__main__":

@@ -200,11 +200,43 @@ def _choose_checkpoint(root: Path, cfg: TrainConfig, obs_log: Callable[[str], No
     return None, None
 
 
+def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world: int,
+                             config_to_save: Mapping[str, Any] | None, must_match: tuple[str, ...]) -> None:
+    """Refuse to resume a checkpoint written by a different run setup (clear one-line errors).
+
+    Raises:
+        djepa.core.train.checkpoint.CheckpointError: another model/data section, ZeRO stage,
+            precision, or (ZeRO >= 1) world size than the checkpoint was written with.
+    """
+    saved_cfg_path = out / "config.json"
+    if config_to_save and saved_cfg_path.is_file():
+        saved_cfg = json.loads(saved_cfg_path.read_text())
+        now = json.loads(json.dumps(dict(config_to_save), default=str))
+        for section in must_match:
+            if section in now and section in saved_cfg and now[section] != saved_cfg[section]:
+                a, b = now[section], saved_cfg[section]
+                keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(a, dict) and isinstance(b, dict) else [section]
+                raise ckpt.CheckpointError(
+                    f"{out} holds a run with a different {section!r} configuration (differs in {keys}); "
+                    f"use another --output-dir, or resume with the original settings")
+    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
+    for key, now_value in (("zero_stage", cfg.zero_stage), ("precision", cfg.precision)):
+        if key in state and state[key] != now_value:
+            raise ckpt.CheckpointError(
+                f"{ckpt_dir} was written with {key}={state[key]!r}, this run uses {now_value!r}; "
+                f"resume with the same {key}")
+    if cfg.zero_stage >= 1 and state.get("world_size", world) != world:
+        raise ckpt.CheckpointError(
+            f"{ckpt_dir} was written by {state['world_size']} processes with ZeRO stage "
+            f"{cfg.zero_stage} (optimizer state partitioned); resume with {state['world_size']} processes")
+
+
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
           prepare_batch: Callable[[Any, torch.device], Mapping[str, Tensor]] | None = None,
           sample_fn: Callable[[nn.Module, int], Tensor] | None = None,
           config_to_save: Mapping[str, Any] | None = None,
           collate_fn: Callable[[list[Any]], Any] | None = None,
+          must_match: tuple[str, ...] = ("model",),
           step_callback: StepCallback | None = None) -> TrainResult:
     """Train ``model`` on ``dataset`` with DeepSpeed; resume, checkpoint, log, export.
 
@@ -224,6 +256,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
         config_to_save: JSON-safe mapping (model / data / tokenizer sections) written to
             ``output_dir/config.json`` next to the ``train`` section and ``world_size``.
         collate_fn: DataLoader collate function (default: ``default_collate``).
+        must_match: sections of ``config_to_save`` that must equal the run folder's saved
+            ``config.json`` to resume (a different model or data in the same folder is refused
+            instead of silently continuing the old run).
         step_callback: ``(step, losses, module, ema)`` after every step (all ranks).
 
     Returns:
@@ -286,6 +321,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_index": 0, "skipped_total": 0,
                              "consecutive_nonfinite": 0, "samples_seen": 0}
     if tag is not None:
+        _check_resume_compatible(out, root / tag, cfg, world, config_to_save, must_match)
         load_path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=False,
                                               load_module_strict=True)
@@ -341,6 +377,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
             epoch, batch_index = loader.position
             trainer_state = dict(state, step=step_now, epoch=epoch, batch_index=batch_index,
                                  world_size=world, micro_batch_size=cfg.micro_batch_size,
+                                 zero_stage=cfg.zero_stage, precision=cfg.precision,
                                  grad_accum_steps=gas, ema_num_updates=ema.num_updates,
                                  train_config=cfg.to_dict())
             ckpt.atomic_write_text(ckpt_dir / "trainer_state.json",
