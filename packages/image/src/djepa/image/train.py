@@ -57,7 +57,7 @@ class ImageTrainConfig:
     """Micro-batch per process; global batch = batch_size × grad_accum × processes."""
     grad_accum: int = 1
     """Gradient-accumulation steps per optimizer step."""
-    max_steps: int = 4000
+    max_steps: int = 3000
     """Optimizer steps of the run."""
     lr: float | None = 1e-3
     """Peak learning rate; None = blr × global_batch / 256."""
