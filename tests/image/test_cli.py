@@ -145,3 +145,52 @@ def test_train_on_real_fashion_mnist_idx(tmp_path):
     model = DJEPA.from_pretrained(out / "pretrained")
     assert model.config.grid == (4, 4) and model.config.token_dim == 49
     assert torch.isfinite(torch.cat([p.flatten() for p in model.parameters()])).all()
+
+
+def test_sampling_from_a_checkpoint_step_uses_its_ema_weights(trained, tmp_path, capsys):
+    from djepa.image.sample import load_generator
+
+    # the last checkpoint holds the same EMA weights the run exported to pretrained/
+    final, _, _ = load_generator(trained / "checkpoints" / "step_00000003")
+    export = DJEPA.from_pretrained(trained / "pretrained")
+    for (k, a), (_, b) in zip(final.state_dict().items(), export.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    # an earlier checkpoint holds earlier (different) EMA weights
+    early, tokenizer, _ = load_generator(trained / "checkpoints" / "step_00000002")
+    assert tokenizer.grid == (4, 4)
+    assert any(not torch.equal(a, b) for a, b in zip(early.state_dict().values(), export.state_dict().values()))
+    # a truncated checkpoint is refused with one line naming the file
+    import shutil
+
+    broken = tmp_path / "run" / "checkpoints" / "step_00000002"
+    shutil.copytree(trained / "checkpoints" / "step_00000002", broken)
+    (tmp_path / "run" / "config.json").write_text((trained / "config.json").read_text())
+    (tmp_path / "run" / "tokenizer.json").write_text((trained / "tokenizer.json").read_text())
+    data = (broken / "ema.safetensors").read_bytes()
+    (broken / "ema.safetensors").write_bytes(data[: len(data) // 2])
+    rc = sample_cli.main(["--checkpoint", str(broken), "--classes", "0", "--num-per-class", "1",
+                          "--output-dir", str(tmp_path / "s")])
+    assert rc == 2 and "ema.safetensors" in _error_line(capsys)
+
+
+def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tmp_path, capsys, monkeypatch):
+    from dataclasses import fields
+
+    from djepa.image import inpaint as inpaint_cli
+    from djepa.image.sampler_flags import SamplerFlags
+
+    shared = {f.name for f in fields(SamplerFlags)}
+    assert {"ar_steps", "denoise_steps", "cfg", "temperature", "seed", "device", "precision"} <= shared
+    for cls in (sample_cli.ImageSampleConfig, inpaint_cli.ImageInpaintConfig):
+        assert shared <= {f.name for f in fields(cls)}
+    img = tmp_path / "x.png"
+    Image.new("L", (8, 8), 40).save(img)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for main, extra in ((sample_cli.main, []), (inpaint_cli.main, ["--image", str(img), "--box", "0,0,4,4"])):
+        base = ["--checkpoint", str(trained), "--output-dir", str(tmp_path / "o"), *extra]
+        assert main(base + ["--precision", "fp16"]) == 2
+        assert "--precision must be bf16 or fp32" in _error_line(capsys)
+        assert main(base + ["--device", "cuda"]) == 2
+        assert "CUDA is not available" in _error_line(capsys)
+        assert main(base + ["--cfg-schedule", "cosine"]) == 2
+        assert "cfg_schedule must be 'linear' or 'constant'" in _error_line(capsys)

@@ -43,16 +43,21 @@ import torch
 import tyro
 
 from djepa.core.cli import UserError, parse, run_main
+from djepa.image.sampler_flags import SamplerFlags, resolve_device
 
 __all__ = ["ImageInpaintConfig", "load_image", "load_mask", "box_mask", "token_mask", "run", "main"]
 
 
-@dataclass(frozen=True)
-class ImageInpaintConfig:
-    """Inpaint or outpaint an image with a trained D-JEPA (App. D.4): the masked region is generated."""
+@dataclass(frozen=True, kw_only=True)
+class ImageInpaintConfig(SamplerFlags):
+    """Inpaint or outpaint an image with a trained D-JEPA (App. D.4): the masked region is generated.
+
+    ``--ar-steps`` defaults to the number of unknown tokens (at most 64); ``--cfg`` is ignored
+    without ``--class``."""
 
     checkpoint: str
-    """A training output folder (its pretrained/ EMA export is used) or a save_pretrained folder."""
+    """A training output folder (its pretrained/ EMA export is used), a save_pretrained folder, or
+    one checkpoint RUN/checkpoints/step_XXXXXXXX."""
     image: str
     """The input image (PNG/JPEG); converted to the model's channels, centre-cropped/resized to its size."""
     output_dir: str = "inpaint"
@@ -63,22 +68,6 @@ class ImageInpaintConfig:
     """Region to generate as x0,y0,x1,y1 in the image's pixels (x1, y1 exclusive)."""
     class_id: Annotated[int | None, tyro.conf.arg(name="class")] = None
     """Class to condition on (default: the null class, unconditional)."""
-    ar_steps: int | None = None
-    """AR steps K (default: the number of unknown tokens, at most 64)."""
-    denoise_steps: int = 100
-    """Reverse-process steps of the denoising MLP."""
-    cfg: float = 3.0
-    """Classifier-free guidance scale (1 = off; ignored without --class)."""
-    cfg_schedule: str = "linear"
-    """CFG schedule: linear or constant."""
-    temperature: float = 1.0
-    """Temperature τ of the sampler noise."""
-    flow_solver: str = "heun"
-    """ODE solver for flow-matching models: euler or heun."""
-    seed: int = 0
-    """Seed of the order and noise."""
-    device: str = "auto"
-    """auto (CUDA when available), cpu, cuda, cuda:1, …"""
 
 
 def _mode(channels: int) -> str:
@@ -219,7 +208,6 @@ def run(cfg: ImageInpaintConfig) -> dict:
     """
     from PIL import Image
 
-    from djepa.core.config import SamplerConfig
     from djepa.core.sampler import generate
     from djepa.image.grid import to_uint8
     from djepa.image.sample import load_generator
@@ -230,8 +218,8 @@ def run(cfg: ImageInpaintConfig) -> dict:
         raise FileNotFoundError(f"image {cfg.image} not found")
     if cfg.mask is not None and not Path(cfg.mask).is_file():
         raise FileNotFoundError(f"mask {cfg.mask} not found")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
+    cfg.autocast(device)  # validates --precision before anything is loaded
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
     num_classes = model.config.num_classes
     if cfg.class_id is not None and not 0 <= cfg.class_id < num_classes:
@@ -252,14 +240,13 @@ def run(cfg: ImageInpaintConfig) -> dict:
     images = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255.0).to(device)
     known_tokens = tokenizer.encode(images).float()
     known_mask = torch.from_numpy(~unknown).unsqueeze(0).to(device)
-    sampler = SamplerConfig(num_ar_steps=cfg.ar_steps or min(n_unknown, 64), cfg_scale=cfg.cfg,
-                            cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature,
-                            num_denoise_steps=cfg.denoise_steps, flow_solver=cfg.flow_solver)
+    sampler = cfg.sampler_config(n_unknown)
     labels = None if cfg.class_id is None else torch.tensor([cfg.class_id], device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    tokens = generate(model, labels, sampler, batch_size=1, generator=gen, known_tokens=known_tokens,
-                      known_mask=known_mask, clip_range=tokenizer.value_range)
+    with cfg.autocast(device):
+        tokens = generate(model, labels, sampler, batch_size=1, generator=gen, known_tokens=known_tokens,
+                          known_mask=known_mask, clip_range=tokenizer.value_range)
     seconds = time.perf_counter() - t0
     result = to_uint8(tokenizer.decode(tokens.float()).cpu())[0]  # [H, W, C] uint8
 

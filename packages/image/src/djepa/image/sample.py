@@ -15,42 +15,26 @@ from pathlib import Path
 import torch
 
 from djepa.core.cli import UserError, parse, run_main
+from djepa.image.sampler_flags import SamplerFlags, resolve_device
 
-__all__ = ["ImageSampleConfig", "load_generator", "parse_classes", "run", "main"]
+__all__ = ["ImageSampleConfig", "load_checkpoint_ema", "load_generator", "parse_classes", "run", "main"]
 
 
-@dataclass(frozen=True)
-class ImageSampleConfig:
+@dataclass(frozen=True, kw_only=True)
+class ImageSampleConfig(SamplerFlags):
     """Sample images from a trained D-JEPA (Algorithm 1)."""
 
     checkpoint: str
-    """A training output folder (its pretrained/ EMA export is used) or a save_pretrained folder."""
+    """A training output folder (its pretrained/ EMA export is used), a save_pretrained folder, or
+    one checkpoint RUN/checkpoints/step_XXXXXXXX (its EMA weights)."""
     classes: str = "all"
     """Class ids to sample: 'all' or a comma list such as 0,3,7."""
     num_per_class: int = 10
     """Images per class."""
-    ar_steps: int | None = None
-    """AR steps K (default: the number of tokens N, one token per step for small grids, capped at 64)."""
-    denoise_steps: int = 100
-    """Reverse-process steps of the denoising MLP (respaced DDPM or ODE steps)."""
-    cfg: float = 3.0
-    """Classifier-free guidance scale (1 = off), linear schedule."""
-    cfg_schedule: str = "linear"
-    """CFG schedule: linear (MAR/Muse) or constant."""
-    temperature: float = 1.0
-    """Temperature τ of the sampler noise (paper: 0.97–0.99 with cfg)."""
-    flow_solver: str = "heun"
-    """ODE solver for flow-matching models: euler or heun."""
-    seed: int = 0
-    """Seed of orders and noise: same seed, same images."""
     batch_size: int = 100
     """Images generated per batch."""
     output_dir: str = "samples"
     """Where the PNGs and grid.png go."""
-    device: str = "auto"
-    """auto (CUDA when available), cpu, cuda, cuda:1, …"""
-    precision: str = "bf16"
-    """bf16 (autocast, as trained; fp32 denoising math) or fp32."""
     overwrite: bool = False
     """Replace the PNGs of an output folder that already holds samples (refused otherwise)."""
 
@@ -72,19 +56,61 @@ def resolve_pretrained(path: str | Path) -> Path:
         f"training folder); if training was interrupted, resume it with image-train --output-dir {p}")
 
 
+def _is_training_checkpoint(p: Path) -> bool:
+    return (p / "ema.safetensors").is_file() and (p.parent.parent / "config.json").is_file()
+
+
+def load_checkpoint_ema(step_dir: str | Path, device: torch.device | str = "cpu"):
+    """The EMA weights of one training checkpoint (``RUN/checkpoints/step_XXXXXXXX``) as a model.
+
+    The model config comes from ``RUN/config.json`` (its ``model`` section); the checkpoint is
+    verified against its manifest (sizes) first, so a truncated or half-written one is refused.
+
+    Returns:
+        ``(model, run_dir)``: the :class:`~djepa.core.model.DJEPA` in eval mode and the run folder.
+
+    Raises:
+        djepa.core.train.checkpoint.CheckpointError: incomplete or truncated checkpoint.
+        CheckpointMismatchError: the EMA tensors do not fit the run's model config.
+        ValueError: ``RUN/config.json`` has no model section.
+    """
+    from safetensors.torch import load_file
+
+    from djepa.core.config import DJEPAConfig, config_from_dict
+    from djepa.core.model import DJEPA
+    from djepa.core.pretrained import load_state_dict_strict
+    from djepa.core.train import checkpoint as ckpt
+
+    step_dir = Path(step_dir)
+    run_dir = step_dir.parent.parent
+    ckpt.verify(step_dir, checksums=False)
+    meta = json.loads((run_dir / "config.json").read_text())
+    if "model" not in meta:
+        raise ValueError(f"{run_dir / 'config.json'} has no 'model' section (not an image-train run)")
+    model = DJEPA(config_from_dict(DJEPAConfig, meta["model"]))
+    weights = step_dir / "ema.safetensors"
+    load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
+    return model.to(device).eval(), run_dir
+
+
 def load_generator(path: str | Path, device: torch.device | str = "cpu"):
-    """Load ``(model, tokenizer, info)`` for sampling from a training or pretrained folder."""
+    """Load ``(model, tokenizer, info)`` for sampling from a training output folder (its
+    ``pretrained/`` export), a save_pretrained folder, or one training checkpoint
+    ``RUN/checkpoints/step_XXXXXXXX`` (its EMA weights; see :func:`load_checkpoint_ema`)."""
     from djepa.core.model import DJEPA
     from djepa.image.tokenizer import PixelTokenizer
 
-    folder = resolve_pretrained(path)
+    if _is_training_checkpoint(Path(path)):
+        model, folder = load_checkpoint_ema(path, device)
+    else:
+        folder = resolve_pretrained(path)
+        model = DJEPA.from_pretrained(folder, map_location=device).eval()
     tok_file = folder / "tokenizer.json"
     if not tok_file.is_file():
         tok_file = folder.parent / "tokenizer.json"
     if not tok_file.is_file():
         raise FileNotFoundError(f"{folder} has no tokenizer.json describing the image tokenizer")
     info = json.loads(tok_file.read_text())
-    model = DJEPA.from_pretrained(folder, map_location=device).eval()
     if info.get("kind") == "vae":
         from djepa.image.vae import vae_tokenizer_from_description
 
@@ -114,23 +140,17 @@ def parse_classes(spec: str, num_classes: int) -> list[int]:
 
 def run(cfg: ImageSampleConfig) -> dict:
     """Generate and write the images; returns a summary dict (also printed)."""
-    from djepa.core.config import SamplerConfig
     from djepa.core.sampler import generate
     from djepa.image.grid import save_image_grid, save_images_imagefolder
     from djepa.image.tokenizer import fraction_outside
 
     if cfg.num_per_class < 1 or cfg.batch_size < 1:
         raise UserError("--num-per-class and --batch-size must be >= 1")
-    if cfg.precision not in ("bf16", "fp32"):
-        raise UserError(f"--precision must be bf16 or fp32, got {cfg.precision!r}")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
+    cfg.autocast(device)  # validates --precision before anything is loaded
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
     classes = parse_classes(cfg.classes, model.config.num_classes)
-    n = model.config.seq_len
-    sampler = SamplerConfig(num_ar_steps=cfg.ar_steps or min(n, 64), cfg_scale=cfg.cfg,
-                            cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature,
-                            num_denoise_steps=cfg.denoise_steps, flow_solver=cfg.flow_solver)
+    sampler = cfg.sampler_config(model.config.seq_len)
     labels = torch.tensor(classes).repeat_interleave(cfg.num_per_class)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
@@ -145,7 +165,7 @@ def run(cfg: ImageSampleConfig) -> dict:
     t0 = time.perf_counter()
     for start in range(0, len(labels), cfg.batch_size):
         lab = labels[start:start + cfg.batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with cfg.autocast(device):
             tokens = generate(model, lab, sampler, generator=gen,
                               clip_range=tokenizer.value_range).float().cpu()
         outside += fraction_outside(tokens, tokenizer.value_range) * tokens.numel()

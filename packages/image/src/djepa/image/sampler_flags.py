@@ -1,0 +1,85 @@
+"""The sampler flags shared by ``image-sample`` and ``image-inpaint`` (Algorithm 1, §3.5).
+
+One keyword-only dataclass both CLI configs inherit, so the two commands spell, document and
+validate K, S, cfg, τ, the solver, the seed, the device and the precision the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from djepa.core.cli import UserError
+
+__all__ = ["SamplerFlags", "resolve_device"]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` → CUDA when available else CPU; anything else goes to :class:`torch.device`.
+
+    Raises:
+        UserError: an unparsable device string, or a CUDA device on a machine without CUDA.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise UserError(f"--device {spec!r} is not a device (use auto, cpu, cuda, cuda:1, …): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec} requested but CUDA is not available on this machine")
+    return device
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerFlags:
+    """Sampler settings of Algorithm 1 (paper §3.5; defaults as the official sampler)."""
+
+    ar_steps: int | None = None
+    """AR steps K (default: the number of tokens to generate, capped at 64)."""
+    denoise_steps: int = 100
+    """Reverse-process steps of the denoising MLP (respaced DDPM or ODE steps)."""
+    cfg: float = 3.0
+    """Classifier-free guidance scale (1 = off), on the --cfg-schedule."""
+    cfg_schedule: str = "linear"
+    """CFG schedule: linear (MAR/Muse) or constant."""
+    temperature: float = 1.0
+    """Temperature τ of the sampler noise (paper: 0.97–0.99 with cfg)."""
+    flow_solver: str = "heun"
+    """ODE solver for flow-matching models: euler or heun."""
+    seed: int = 0
+    """Seed of orders and noise: same seed, same images."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda, cuda:1, …"""
+    precision: str = "bf16"
+    """bf16 (autocast, as trained; fp32 denoising math) or fp32."""
+
+    def sampler_config(self, num_unknown_tokens: int):
+        """The :class:`~djepa.core.config.SamplerConfig` for ``num_unknown_tokens`` to generate.
+
+        Raises:
+            UserError: an invalid value (the config's own validation, as one line).
+        """
+        from djepa.core.config import SamplerConfig
+
+        try:
+            return SamplerConfig(num_ar_steps=self.ar_steps or max(1, min(num_unknown_tokens, 64)),
+                                 cfg_scale=self.cfg, cfg_schedule=self.cfg_schedule,
+                                 temperature=self.temperature, num_denoise_steps=self.denoise_steps,
+                                 flow_solver=self.flow_solver)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    def autocast(self, device: torch.device):
+        """The autocast context of ``--precision`` on ``device``.
+
+        Raises:
+            UserError: a precision other than bf16 / fp32.
+        """
+        if self.precision not in ("bf16", "fp32"):
+            raise UserError(f"--precision must be bf16 or fp32, got {self.precision!r}")
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
