@@ -127,3 +127,31 @@ def test_bad_shapes_raise():
         net(torch.randn(4, 2), torch.zeros(4), torch.randn(4, 5))
     with pytest.raises(ValueError):
         net(torch.randn(4, 3), torch.zeros(4), torch.randn(3, 5))
+
+
+def _random_net(seed: int = 1) -> DenoisingMLP:
+    torch.manual_seed(seed)
+    net = DenoisingMLP(3, 5, 16, 2, 6).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return net
+
+
+@pytest.mark.parametrize("budget", [None, 1, 3 * 7 * 128 * 8])  # all / 1 / 3 steps per chunk
+def test_sampling_plan_matches_plain_forward(budget):
+    net = _random_net()
+    x, z = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    timesteps = torch.tensor([0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
+    kw = {} if budget is None else {"memory_budget": budget}
+    plan = net.sampling_plan(z, timesteps, **kw)
+    # a step holds M × F float64 = 7 × (3·depth + 2)·W × 8 bytes = 7 × 128 × 8
+    assert plan.chunk == {None: 10, 1: 1, 3 * 7 * 128 * 8: 3}[budget]
+    for tv in reversed(timesteps.tolist()):  # the order a sampler walks them
+        t = torch.full((7,), tv)
+        assert torch.allclose(net(x, t, z, plan=plan), net(x, t, z), rtol=1e-12, atol=1e-12)
+    # rows at different timesteps (also straddling chunks) still get their own modulation
+    t = timesteps[torch.tensor([0, 9, 3, 4, 5, 1, 2])]
+    assert torch.allclose(net(x, t, z, plan=plan), net(x, t, z), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="another z"):
+        net(x, t, z.clone(), plan=plan)

@@ -15,13 +15,13 @@ its ``net.*`` weights load without renaming; the parameter count equals MAR's ex
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DenoisingMLP", "SamplingPlan", "TimestepEmbedder", "timestep_embedding", "modulate"]
+__all__ = ["PLAN_MEMORY_BUDGET", "DenoisingMLP", "SamplingPlan", "TimestepEmbedder", "timestep_embedding", "modulate"]
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -115,15 +115,25 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+#: Default memory budget (bytes) of the AdaLN modulations a :class:`SamplingPlan` precomputes
+#: at once: 64 MiB covers every step of a CPU-sized head in one matmul and a few steps of a
+#: B/L/H head on a GPU.
+PLAN_MEMORY_BUDGET = 64 * 2**20
+
+
 @dataclass(frozen=True)
 class SamplingPlan:
     """Work of :class:`DenoisingMLP` that is constant over one sampler call (§3.5 / App. F:
     the same ``z`` at every denoising step, timesteps from a known finite set).
 
-    Built by :meth:`DenoisingMLP.sampling_plan` and passed to ``forward(..., plan=plan)``; the
-    forward then looks the timestep embedding up instead of recomputing it, reuses
-    ``cond_embed(z)`` and runs every block's AdaLN modulation as one matmul. Same math as the
-    plain forward (equal up to float rounding of the reordered matmuls).
+    Built by :meth:`DenoisingMLP.sampling_plan` and passed to ``forward(..., plan=plan)``. The
+    AdaLN modulation of every block and of the final layer, ``Linear(SiLU(t_embed(t) + cond(z)))``,
+    depends only on ``z`` and ``t``, both known before the first step, so the plan computes it
+    for a chunk of timesteps ``[T_c, M, F]`` at once — one large matmul instead of one small,
+    memory-bound ``[M, W] × [W, F]`` per step — and ``forward`` only gathers its rows. Chunks are
+    sized to ``memory_budget`` bytes and computed when a step first needs them (samplers walk
+    the timesteps in order, so each chunk is computed once). Same math as the plain forward
+    (equal up to float rounding of the reordered matmuls).
 
     Attributes:
         z: the ``[M, D_z]`` features the plan was built for (``forward`` checks identity).
@@ -131,7 +141,9 @@ class SamplingPlan:
         t_embed: ``[S, W]`` ``time_embed(t_values)``.
         cond: ``[M, W]`` ``cond_embed(z)``.
         ada_weight / ada_bias: all AdaLN modulation Linears stacked (blocks, then final layer):
-            ``[(3·depth + 2)·W, W]`` / ``[(3·depth + 2)·W]``, in the compute dtype.
+            ``[F, W]`` / ``[F]`` with ``F = (3·depth + 2)·W``, in the compute dtype.
+        chunk: timesteps per precomputed chunk (``>= 1``).
+        cache: chunk index → ``[T_c, M, F]`` modulations (filled lazily; the last one only).
     """
 
     z: Tensor
@@ -140,6 +152,34 @@ class SamplingPlan:
     cond: Tensor
     ada_weight: Tensor
     ada_bias: Tensor
+    chunk: int = 1
+    cache: dict = field(default_factory=dict)
+
+    def modulations(self, idx: Tensor) -> Tensor:
+        """``[M, F]`` AdaLN modulations for row ``r`` at timestep ``t_values[idx[r]]``.
+
+        ``idx``: ``[M]`` long indices into ``t_values``. Rows of one call may use different
+        timesteps; each must fall in one chunk (true for every sampler here, whose rows share
+        the step), else the rows are computed directly.
+        """
+        m = self.cond.shape[0]
+        if self.chunk >= len(self.t_values) or not idx.numel():
+            c0 = 0  # one chunk holds every timestep: no host sync (GPU) to find it
+        else:
+            lo, hi = (int(v) for v in torch.aminmax(idx))
+            c0 = lo // self.chunk
+            if hi // self.chunk != c0:  # rows straddle chunks: compute them directly
+                y = self.t_embed.index_select(0, idx) + self.cond
+                return F.linear(F.silu(y), self.ada_weight, self.ada_bias)
+        block = self.cache.get(c0)
+        if block is None:
+            self.cache.clear()  # keep one chunk: memory stays within the budget
+            t_emb = self.t_embed[c0 * self.chunk:(c0 + 1) * self.chunk]  # [T_c, W]
+            y = t_emb[:, None, :] + self.cond[None]  # [T_c, M, W]
+            block = F.linear(F.silu(y), self.ada_weight, self.ada_bias)  # [T_c, M, F]
+            self.cache[c0] = block
+        flat = (idx - c0 * self.chunk) * m + torch.arange(m, device=idx.device)
+        return block.reshape(-1, block.shape[-1]).index_select(0, flat)
 
 
 class DenoisingMLP(nn.Module):
@@ -201,7 +241,8 @@ class DenoisingMLP(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     @torch.no_grad()
-    def sampling_plan(self, z: Tensor, timesteps: Tensor) -> SamplingPlan:
+    def sampling_plan(self, z: Tensor, timesteps: Tensor, *,
+                      memory_budget: int = PLAN_MEMORY_BUDGET) -> SamplingPlan:
         """Precompute the step-independent work for a sampler that calls ``forward(x, t, z,
         plan=plan)`` with this exact ``z`` and every ``t`` in ``timesteps`` (inference only:
         no gradient flows through the plan). Build it under the autocast state of the calls.
@@ -210,6 +251,8 @@ class DenoisingMLP(nn.Module):
             z: ``[M, D_z]`` conditioning features.
             timesteps: the timesteps the sampler will pass (any shape; long indices or float,
                 e.g. the respaced ``timestep_map`` or ``1000·time_grid``).
+            memory_budget: bytes of AdaLN modulations held at once (``[T_c, M, F]`` chunks);
+                at least one timestep's worth is always used.
         """
         dtype = self.input_proj.weight.dtype
         t_values = torch.unique(timesteps.detach().reshape(-1).float())  # sorted ascending
@@ -222,7 +265,10 @@ class DenoisingMLP(nn.Module):
         if torch.is_autocast_enabled(dev):  # cast once here, not at every step
             weight = weight.to(torch.get_autocast_dtype(dev))
             bias = bias.to(weight.dtype)
-        return SamplingPlan(z, t_values, t_embed, cond, weight, bias)
+            t_embed, cond = t_embed.to(weight.dtype), cond.to(weight.dtype)
+        per_step = max(1, z.shape[0] * weight.shape[0] * weight.element_size())
+        chunk = max(1, min(len(t_values), int(memory_budget) // per_step))
+        return SamplingPlan(z, t_values, t_embed, cond, weight, bias, chunk)
 
     def forward(self, x: Tensor, t: Tensor, z: Tensor, *, plan: SamplingPlan | None = None) -> Tensor:
         """Predict ε (and the variance interpolation v) or the velocity for each token.
@@ -261,9 +307,8 @@ class DenoisingMLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_channels or x.shape[0] != z.shape[0]:
             raise ValueError(f"x must be [{z.shape[0]}, {self.in_channels}], got {tuple(x.shape)}")
         idx = torch.searchsorted(plan.t_values, t.reshape(-1).float())
-        y = plan.t_embed.index_select(0, idx) + plan.cond
         h = self.input_proj(x.to(self.input_proj.weight.dtype))
-        mods = F.linear(F.silu(y), plan.ada_weight, plan.ada_bias)
+        mods = plan.modulations(idx)
         w = self.model_channels
         off = 0
         for block in self.res_blocks:
