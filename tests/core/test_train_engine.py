@@ -197,6 +197,169 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path):
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step_00000001"
 
 
+def _ckpt_dir_tensors(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint: DeepSpeed files (weights, fp32 partitions, AdamW moments
+    and step counts) and the EMA."""
+    flat = {f"{f.name}{k}": v for f in sorted(ckpt_dir.glob("*_states.pt"))
+            for k, v in _ckpt_tensors(f).items()}
+    flat.update({f"ema/{k}": v for k, v in load_file(ckpt_dir / "ema.safetensors").items()})
+    return flat
+
+
+def _assert_step_left_no_trace(root: Path, before: int, after: int) -> None:
+    a = _ckpt_dir_tensors(root / f"step_{before:08d}")
+    b = _ckpt_dir_tensors(root / f"step_{after:08d}")
+    assert a.keys() == b.keys()
+    assert any("exp_avg_sq" in k for k in a) and any("ema/" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} changed by the skipped step {after}"
+
+
+class _PoisonGrad(torch.autograd.Function):
+    """Identity forward; backward returns ``value`` everywhere: a finite loss whose gradient is
+    non-finite (an overflow in backward)."""
+
+    @staticmethod
+    def forward(ctx, x, value):
+        ctx.value = value
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, ctx.value), None
+
+
+class _BadGradAtCall(ToyDJEPA):
+    """Non-finite gradients of every parameter upstream of the prediction loss (the token-loss
+    head's stay finite) on the chosen forward calls; the loss values are unchanged."""
+
+    def __init__(self, bad_calls, value):
+        super().__init__()
+        self.bad_calls, self.calls, self.value = set(bad_calls), 0, value
+
+    def forward(self, tokens, labels, *, target_model=None):
+        out = super().forward(tokens, labels, target_model=target_model)
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            pred = _PoisonGrad.apply(out.prediction_loss, self.value)
+            return out._replace(loss=out.token_loss + pred, prediction_loss=pred)
+        return out
+
+
+@pytest.mark.parametrize("stage,precision,value", [(0, "fp32", float("nan")),
+                                                   (1, "bf16", float("inf")),
+                                                   (2, "fp32", float("nan"))])
+def test_nonfinite_gradient_with_finite_loss_skips_the_step(tmp_path, stage, precision, value):
+    torch.manual_seed(3)
+    model = _BadGradAtCall(bad_calls={3}, value=value)
+    snaps, losses = {}, {}
+
+    def record(step, l, module, ema):
+        snaps[step] = [p.detach().clone() for p in module.parameters()]
+        losses[step] = l["loss"]
+
+    kw = dict(max_steps=5, zero_stage=stage, precision=precision, weight_decay=0.05,
+              checkpoint_every=1, keep_last=10)
+    # stop at the bad step (no periodic checkpoint inside a non-finite streak), then resume
+    with pytest.warns(RuntimeWarning, match=r"step 3: non-finite gradient \(consecutive 1, "
+                                            r"total 1\); step skipped"):
+        train(model, toy_dataset(8), _cfg(tmp_path, stop_at_step=3, **kw), step_callback=record)
+    res = train(_BadGradAtCall(bad_calls=(), value=value), toy_dataset(8), _cfg(tmp_path, **kw),
+                step_callback=record)
+    assert res.resumed_from == "step_00000003" and res.finished
+    assert res.skipped_steps == 1 and res.ema.num_updates == 4
+    assert all(math.isfinite(l) for l in losses.values())
+    assert all(torch.equal(a, b) for a, b in zip(snaps[2], snaps[3]))      # nothing applied
+    assert not any(torch.equal(a, b) for a, b in zip(snaps[3], snaps[4]))  # training goes on
+    assert all(torch.isfinite(p).all() for p in snaps[5])
+    assert all(torch.isfinite(p).all() for p in res.ema.module.parameters())
+    _assert_step_left_no_trace(tmp_path / "checkpoints", 2, 3)  # weights, AdamW state, EMA
+    state = json.loads((tmp_path / "checkpoints" / "step_00000003"
+                        / "trainer_state.json").read_text())
+    assert (state["skipped_total"], state["consecutive_nonfinite"]) == (1, 1)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_grad_accumulation_all_micro_batches_nonfinite_leaves_no_trace(tmp_path, stage):
+    # gas=2: calls 5 and 6 are both micro-batches of step 3. A zero-gradient AdamW step would
+    # still apply weight decay and move the weights with the decaying moments.
+    torch.manual_seed(3)
+    model = _NaNAtStep(bad_calls={5, 6})
+    snaps = {}
+
+    def record(step, losses, module, ema):
+        snaps[step] = [p.detach().clone() for p in module.parameters()]
+
+    kw = dict(max_steps=5, zero_stage=stage, micro_batch_size=4, grad_accum_steps=2,
+              weight_decay=0.05, checkpoint_every=1, keep_last=10)
+    with pytest.warns(RuntimeWarning, match=r"step 3: non-finite loss in 2/2 .*step skipped"):
+        train(model, toy_dataset(16), _cfg(tmp_path, stop_at_step=3, **kw), step_callback=record)
+    res = train(_NaNAtStep(bad_calls=()), toy_dataset(16), _cfg(tmp_path, **kw),
+                step_callback=record)
+    assert res.resumed_from == "step_00000003" and res.finished
+    assert res.skipped_steps == 1 and res.ema.num_updates == 4
+    assert all(torch.equal(a, b) for a, b in zip(snaps[2], snaps[3]))
+    assert not any(torch.equal(a, b) for a, b in zip(snaps[3], snaps[4]))
+    assert not any(torch.equal(a, b) for a, b in zip(snaps[4], snaps[5]))
+    _assert_step_left_no_trace(tmp_path / "checkpoints", 2, 3)
+
+
+class _BadGradThenNaNLoss(_BadGradAtCall):
+    def forward(self, tokens, labels, *, target_model=None):
+        out = super().forward(tokens, labels, target_model=target_model)
+        return out._replace(loss=out.loss * float("nan")) if self.calls in self.nan_calls else out
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_grad_accumulation_nonfinite_gradient_then_nonfinite_loss(tmp_path, stage):
+    # step 2 = calls 3, 4: a NaN gradient with a finite loss, then a NaN loss on the boundary
+    # micro-batch; the gradient must still be checked before the update.
+    torch.manual_seed(3)
+    model = _BadGradThenNaNLoss(bad_calls={3}, value=float("nan"))
+    model.nan_calls = {4}
+    snaps = {}
+
+    def record(step, losses, module, ema):
+        snaps[step] = [p.detach().clone() for p in module.parameters()]
+
+    with pytest.warns(RuntimeWarning, match=r"step 2: non-finite loss in 1/2 micro-batch\(es\), "
+                                            r"non-finite gradient .*step skipped"):
+        res = train(model, toy_dataset(16), _cfg(tmp_path, max_steps=3, zero_stage=stage,
+                                                 micro_batch_size=4, grad_accum_steps=2),
+                    step_callback=record)
+    assert res.skipped_steps == 1 and res.ema.num_updates == 2
+    assert all(torch.equal(a, b) for a, b in zip(snaps[1], snaps[2]))
+    assert all(torch.isfinite(p).all() for p in snaps[3])
+
+
+def test_resume_uses_the_configured_ema_decay(tmp_path, capsys):
+    data = toy_dataset(16)
+    _run(tmp_path, _toy(5), data, max_steps=4, stop_at_step=2, ema_decay=0.9, ema_warmup_steps=3)
+    saved = load_file(tmp_path / "checkpoints" / "step_00000002" / "ema.safetensors")
+    capsys.readouterr()
+    model = _toy(6)
+    history = []
+    res = train(model, data, _cfg(tmp_path, max_steps=4, ema_decay=0.5, ema_warmup_steps=3),
+                step_callback=lambda s, l, m, e: history.append(
+                    {n: p.detach().double().clone() for n, p in m.named_parameters()}))
+    assert res.resumed_from == "step_00000002" and res.ema.decay == 0.5
+    lines = [l for l in capsys.readouterr().out.splitlines() if "EMA decay" in l]
+    assert len(lines) == 1 and "0.5" in lines[0] and "0.9" in lines[0]
+    for name, p in res.ema.module.named_parameters():
+        e = saved[name].double()
+        for k, h in zip((2, 3), history):        # num_updates restored: warm-up continues at 2
+            d = 0.5 * min(1.0, k / 3)
+            e = d * e + (1 - d) * h[name]
+        torch.testing.assert_close(p.double(), e, rtol=1e-6, atol=1e-7)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoints" / "step_00000004" / "ema.safetensors"), "pt") as f:
+        assert float(f.metadata()["decay"]) == 0.5
+    # resuming with the saved decay logs nothing
+    train(_toy(6), data, _cfg(tmp_path, max_steps=5, ema_decay=0.5, ema_warmup_steps=3))
+    assert "EMA decay" not in capsys.readouterr().out
+
+
 def test_tiny_djepa_trains_and_exports(tmp_path):
     from djepa.core.config import preset
     from djepa.core.model import DJEPA

@@ -39,14 +39,16 @@ class TrainConfig:
         zero_stage: DeepSpeed ZeRO stage 0, 1 or 2 (3 is refused: see ``engine``).
         precision: ``"fp32"``; ``"bf16"`` = fp32 master weights + ``torch.autocast(bfloat16)``
             forward; ``"fp16"`` = DeepSpeed fp16 with dynamic loss scaling.
-        ema_decay / ema_warmup_steps: see :class:`djepa.core.ema.EMA`.
+        ema_decay / ema_warmup_steps: see :class:`djepa.core.ema.EMA`; on resume these
+            configured values are used (the EMA weights and update count are restored).
         checkpoint_every: write a checkpoint every N steps (and always at the end / on stop).
         keep_last: number of complete checkpoints kept.
         sample_every: call ``sample_fn`` every N steps (0 = never).
         log_every: TensorBoard / log-line period in steps.
         seed: seeds data order (same on every rank) and the model's randomness (seed + rank).
         num_workers: DataLoader workers.
-        max_nonfinite_steps: stop with an error after this many consecutive non-finite losses.
+        max_nonfinite_steps: stop with an error after this many consecutive steps with a
+            non-finite loss or gradient.
         resume: ``"auto"`` (resume if a complete checkpoint exists), ``True`` (must resume) or
             ``False`` (must start fresh; refuses a directory that already has checkpoints).
         stop_at_step: end this invocation after this step (checkpoint written), leaving the

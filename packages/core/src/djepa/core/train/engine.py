@@ -31,8 +31,25 @@ every rank sees the same verdict. With ``grad_accum_steps == 1`` the step is ski
 (no backward, no DeepSpeed step: optimizer, loss scaler and EMA untouched; the data position and
 the step counter advance). With accumulation, the bad micro-batch contributes a zero gradient
 (a ``0·Σθ`` backward keeps DeepSpeed's micro-step counter aligned) and the update uses the
-remaining micro-batches. After ``max_nonfinite_steps`` consecutive bad steps
-:class:`NonFiniteLossError` is raised without writing a checkpoint (the last good one stays).
+remaining micro-batches; when *every* micro-batch of the step is bad, the boundary
+``engine.step()`` runs with the client optimizer's ``step`` disabled (:func:`_optimizer_held`),
+so DeepSpeed's bookkeeping advances but weights, AdamW moments / step counts and the EMA stay
+bit-identical (a zero-gradient AdamW step would still apply weight decay and moment decay).
+
+Non-finite gradients with a finite loss (an overflow in backward) are caught on the
+accumulation boundary, before the update, without an extra sync: ZeRO stage 0 checks the global
+norm it already computes for logging and holds the optimizer as above; ZeRO 1/2 rely on
+DeepSpeed's own check (its ZeRO optimizer computes the all-reduced global norm and, for fp32
+parameters, skips the update when it is non-finite: ``was_step_applied()`` is False). Such a
+step is treated like a non-finite-loss step. With ``fp16`` a non-finite gradient is a loss-scale
+overflow that the loss scaler handles (step skipped, EMA untouched, not counted).
+
+Every skipped step (non-finite loss or gradient) is warned and counted; after
+``max_nonfinite_steps`` consecutive ones :class:`NonFiniteLossError` is raised without writing
+a checkpoint (the last good one stays).
+
+EMA on resume: weights and ``num_updates`` (so the warm-up continues) come from the checkpoint;
+the decay is the configured ``cfg.ema_decay`` (one log line when the saved one differs).
 
 SIGINT / SIGTERM: a flag is set; it is all-reduced with the next loss, the current step
 finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupted``).
@@ -43,12 +60,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +91,7 @@ StepCallback = Callable[[int, dict[str, float], nn.Module, EMA], None]
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many consecutive non-finite losses; the last good checkpoint is kept."""
+    """Too many consecutive non-finite losses / gradients; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -83,7 +101,7 @@ class TrainResult:
     Attributes:
         step: optimizer steps done (including skipped ones).
         last_losses: loss parts of the last finite step, averaged over micro-batches and ranks.
-        skipped_steps: steps skipped because of a non-finite loss (whole run, incl. before resume).
+        skipped_steps: steps with a non-finite loss or gradient (whole run, incl. before resume).
         output_dir: the run directory.
         finished: ``step >= cfg.max_steps``.
         interrupted: stopped by SIGINT / SIGTERM.
@@ -145,6 +163,24 @@ def _zero_loss(module: nn.Module) -> Tensor:
                torch.zeros((), device=next(module.parameters()).device))
 
 
+@contextlib.contextmanager
+def _optimizer_held(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within the block, ``optimizer.step()`` does nothing.
+
+    Wrap a boundary ``engine.step()`` with it to skip the update but keep DeepSpeed's state
+    consistent: its micro-step / global-step counters advance, gradients (and ZeRO's reduced
+    gradient buffers) are cleared, and ZeRO copies the unchanged fp32 partitions back into the
+    parameters, so weights and AdamW state (moments, step counts) stay bit-identical. DeepSpeed
+    keeps the client optimizer object (stage 0: as ``engine.optimizer``; ZeRO 1/2 and fp16:
+    wrapped), so the instance attribute shadows the method everywhere.
+    """
+    optimizer.step = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
 def _grad_norm(module: nn.Module) -> float:
     """Global L2 norm of the (all-reduced, unclipped) gradients — ZeRO stage 0 only."""
     sq = [p.grad.detach().float().pow(2).sum() for p in module.parameters() if p.grad is not None]
@@ -167,7 +203,12 @@ def _save_ema(path: Path, ema: EMA) -> None:
                                             "decay": repr(ema.decay)})
 
 
-def _load_ema(path: Path, ema: EMA, device: torch.device) -> None:
+def _load_ema(path: Path, ema: EMA, device: torch.device) -> float | None:
+    """Load the EMA weights and ``num_updates`` of ``path``; ``ema.decay`` (configured) is kept.
+
+    Returns:
+        the decay saved in the metadata (``None`` if absent), for the caller to report.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -175,7 +216,8 @@ def _load_ema(path: Path, ema: EMA, device: torch.device) -> None:
         meta = f.metadata() or {}
     state = load_file(str(path), device=str(device))
     ema.load_state_dict({"module": state, "num_updates": int(meta.get("num_updates", 0)),
-                         "decay": float(meta.get("decay", ema.decay))})
+                         "decay": ema.decay})
+    return float(meta["decay"]) if "decay" in meta else None
 
 
 def _choose_checkpoint(root: Path, cfg: TrainConfig, obs_log: Callable[[str], None]
@@ -266,14 +308,15 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
 
     Raises:
         ValueError: ZeRO stage 3; a dataset smaller than one micro-batch per rank.
-        NonFiniteLossError: ``cfg.max_nonfinite_steps`` consecutive non-finite losses.
+        NonFiniteLossError: ``cfg.max_nonfinite_steps`` consecutive steps with a non-finite
+            loss or gradient.
         djepa.core.train.checkpoint.CheckpointError: ``resume=True`` without a complete,
             verified checkpoint.
         FileExistsError: ``resume=False`` but ``output_dir`` already holds checkpoints.
 
     Warns:
         RuntimeWarning: a rejected checkpoint (message names the bad file) before falling back
-            to the previous one; every skipped non-finite step.
+            to the previous one; every step with a non-finite loss or gradient.
     """
     if cfg.zero_stage == 3:
         raise ValueError(
@@ -327,7 +370,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
                                               load_module_strict=True)
         if load_path is None:
             raise ckpt.CheckpointError(f"DeepSpeed could not load {root / tag}")
-        _load_ema(root / tag / "ema.safetensors", ema, device)
+        saved_decay = _load_ema(root / tag / "ema.safetensors", ema, device)
+        if saved_decay is not None and saved_decay != ema.decay:
+            obs.log(f"EMA decay {ema.decay!r} (configured) replaces {saved_decay!r} (saved in "
+                    f"{tag}); num_updates {ema.num_updates} restored")
         saved = json.loads((root / tag / "trainer_state.json").read_text())
         state.update({k: saved[k] for k in state})
         if saved.get("world_size") != world or saved.get("micro_batch_size") != cfg.micro_batch_size:
@@ -406,7 +452,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
                 sums: Tensor | None = None
                 stage0_norm: float | None = None
                 names: list[str] = []
-                bad, stop_any = 0, False
+                bad, bad_grad, stop_any = 0, False, False
                 for _ in range(gas):
                     inputs = prepare(next(loader), device)
                     tokens = inputs["tokens"]
@@ -421,38 +467,46 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
                     D.all_reduce_sum(vec)
                     stop_any = stop_any or bool(vec[-1] > 0)
                     vec = vec[:-1]
-                    if bool(torch.isfinite(vec).all()):
-                        engine.backward(parts["loss"])
+                    finite = bool(torch.isfinite(vec).all())
+                    if finite:
                         sums = vec if sums is None else sums + vec
-                        if manual_norm and engine.is_gradient_accumulation_boundary():
-                            stage0_norm = _grad_norm(engine.module)  # DeepSpeed reports none
-                        engine.step()
                     else:
                         bad += 1
-                        if gas > 1:
-                            engine.backward(_zero_loss(engine.module))
+                    if finite or gas > 1:  # gas == 1 and bad: no backward, no DeepSpeed step
+                        engine.backward(parts["loss"] if finite else _zero_loss(engine.module))
+                        boundary = engine.is_gradient_accumulation_boundary()
+                        hold = boundary and bad == gas  # no micro-batch contributed
+                        if boundary and manual_norm and not hold:
+                            stage0_norm = _grad_norm(engine.module)  # DeepSpeed reports none
+                            hold = bad_grad = not math.isfinite(stage0_norm)
+                        with _optimizer_held(optimizer) if hold else contextlib.nullcontext():
                             engine.step()
+                        if boundary and not hold and cfg.precision != "fp16" \
+                                and not engine.was_step_applied():
+                            bad_grad = True  # ZeRO 1/2 skipped it: non-finite global norm
                     del res, parts
-                skipped = bad > 0
-                applied = not (skipped and gas == 1) and engine.was_step_applied()
+                skipped = bad > 0 or bad_grad
+                applied = bad < gas and not bad_grad and engine.was_step_applied()
                 decay = ema.update(engine.module) if applied else None
                 step += 1
                 state["samples_seen"] += global_batch
                 if skipped:
                     state["skipped_total"] += 1
                     state["consecutive_nonfinite"] += 1
-                    msg = (f"step {step}: non-finite loss in {bad}/{gas} micro-batch(es) "
+                    what = ([f"non-finite loss in {bad}/{gas} micro-batch(es)"] if bad else []) \
+                        + (["non-finite gradient"] if bad_grad else [])
+                    msg = (f"step {step}: {', '.join(what)} "
                            f"(consecutive {state['consecutive_nonfinite']}, total "
                            f"{state['skipped_total']}); "
-                           + ("step skipped" if gas == 1 else "bad micro-batches dropped"))
+                           + ("bad micro-batches dropped" if applied else "step skipped"))
                     if rank == 0:
                         warnings.warn(msg, RuntimeWarning, stacklevel=2)
                     obs.log("WARNING: " + msg)
                     if state["consecutive_nonfinite"] >= cfg.max_nonfinite_steps:
                         raise NonFiniteLossError(
                             f"{state['consecutive_nonfinite']} consecutive steps with a non-finite "
-                            f"loss (limit max_nonfinite_steps={cfg.max_nonfinite_steps}); stopped at "
-                            f"step {step}; last good checkpoint: {ckpt.read_latest(root)}")
+                            f"loss or gradient (limit max_nonfinite_steps={cfg.max_nonfinite_steps}); "
+                            f"stopped at step {step}; last good checkpoint: {ckpt.read_latest(root)}")
                 else:
                     state["consecutive_nonfinite"] = 0
                 if sums is not None:
