@@ -167,10 +167,24 @@ def test_sampling_from_a_checkpoint_step_uses_its_ema_weights(trained, tmp_path,
     (tmp_path / "run" / "config.json").write_text((trained / "config.json").read_text())
     (tmp_path / "run" / "tokenizer.json").write_text((trained / "tokenizer.json").read_text())
     data = (broken / "ema.safetensors").read_bytes()
+    args = ["--checkpoint", str(broken), "--classes", "0", "--num-per-class", "1", "--output-dir", str(tmp_path / "s")]
     (broken / "ema.safetensors").write_bytes(data[: len(data) // 2])
-    rc = sample_cli.main(["--checkpoint", str(broken), "--classes", "0", "--num-per-class", "1",
-                          "--output-dir", str(tmp_path / "s")])
-    assert rc == 2 and "ema.safetensors" in _error_line(capsys)
+    assert sample_cli.main(args) == 2
+    assert "ema.safetensors: size" in _error_line(capsys)
+    flipped = bytearray(data)  # same size, one byte changed in the tensor data
+    flipped[-5] ^= 0xFF
+    (broken / "ema.safetensors").write_bytes(bytes(flipped))
+    assert sample_cli.main(args) == 2
+    assert "sha256 does not match" in _error_line(capsys)
+    (broken / "ema.safetensors").unlink()
+    assert sample_cli.main(args) == 2
+    assert "ema.safetensors: missing" in _error_line(capsys)
+    # the DeepSpeed files are not needed to sample: the EMA file + manifest suffice
+    (broken / "ema.safetensors").write_bytes(data)
+    for f in broken.iterdir():
+        if f.name not in ("ema.safetensors", "manifest.json"):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    assert sample_cli.main(args) == 0
 
 
 def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tmp_path, capsys, monkeypatch):
@@ -194,3 +208,5 @@ def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tm
         assert "CUDA is not available" in _error_line(capsys)
         assert main(base + ["--cfg-schedule", "cosine"]) == 2
         assert "cfg_schedule must be 'linear' or 'constant'" in _error_line(capsys)
+        assert main(base + ["--ar-steps", "0"]) == 2
+        assert "--ar-steps must be >= 1" in _error_line(capsys)

@@ -4,7 +4,9 @@ DDPM result (issue "Benchmarks", fast paths).
 Samples ``--num-per-class`` images per class from a trained run for each number of denoising
 steps S (respaced DDPM for diffusion models; Euler and Heun for flow models), scores them with
 the reference classifier fitted on real images only, and prints accuracy and seconds/image.
-Every setting uses the same seed, so the AR orders and the initial noise are shared.
+Every batch has its own generator seeded from (``--seed``, batch index), so for every S a batch
+gets the same AR orders and the same initial noise of its first AR step; later draws differ
+with S (the denoising loop consumes noise per step).
 
 ``--dataset fashion-mnist`` also reports FID (TF-2015 Inception pool_3) of the samples against
 the real test split; its features are computed once and cached in ``--real-features`` (the
@@ -34,13 +36,18 @@ def real_features(path: Path, data_dir: str, extractor) -> np.ndarray:
     from djepa.image.metrics import extract_features
 
     if path.is_file():
-        return np.load(path)["pool"]
+        pool = np.load(path)["pool"]
+        if len(pool) == 10000:
+            return pool
+        print(f"{path} holds {len(pool)} images, not the 10k test split: recomputing")
     ds = IDXDataset(data_dir, split="test")
     imgs = ds.data.unsqueeze(1).expand(-1, 3, -1, -1)
     feats = extract_features(extractor, (imgs[i:i + 100] for i in range(0, len(imgs), 100)),
                              progress=True, total=len(imgs))
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, pool=feats.pool)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, pool=feats.pool)
+    tmp.replace(path)
     return feats.pool
 
 
@@ -49,7 +56,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--dataset", choices=["digits", "fashion-mnist"], default="digits")
     ap.add_argument("--data-dir", default=str(SHARED / "fashion-mnist"))
-    ap.add_argument("--real-features", type=Path, default=None,
+    ap.add_argument("--real-features", type=Path, default=Path("runs/fashion-mnist-test-inception.npz"),
                     help="fashion-mnist: .npz cache of the real test split's Inception features")
     ap.add_argument("--steps", default="100,50,25,15,10")
     ap.add_argument("--num-per-class", type=int, default=20)
@@ -76,8 +83,7 @@ def main() -> int:
         from djepa.image.metrics import build_extractor
 
         extractor = build_extractor(None)
-        cache = args.real_features or Path(args.checkpoint) / "real_test_features.npz"
-        real = real_features(cache, args.data_dir, extractor)
+        real = real_features(args.real_features, args.data_dir, extractor)
     labels = torch.arange(model.config.num_classes).repeat(args.num_per_class)  # i mod classes
     solvers = args.solvers.split(",") if model.config.loss.kind == "flow" else ["ddpm"]
     rows = []
@@ -86,10 +92,10 @@ def main() -> int:
             cfg = SamplerConfig(num_ar_steps=args.ar_steps or min(model.config.seq_len, 64),
                                 cfg_scale=args.cfg, temperature=args.temperature, num_denoise_steps=s,
                                 flow_solver=solver if solver != "ddpm" else "euler")
-            gen = torch.Generator().manual_seed(args.seed)
             t0 = time.perf_counter()
             chunks = []
             for b in range(0, len(labels), args.batch_size):
+                gen = torch.Generator().manual_seed(args.seed * 1_000_003 + b)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     tokens = generate(model, labels[b:b + args.batch_size], cfg, generator=gen,
                                       clip_range=tokenizer.value_range)

@@ -6,14 +6,18 @@ Both models are trained on the Fashion-MNIST train split with ``image-train`` an
 Each kept checkpoint's EMA weights are then sampled with the same sampler settings and seed and
 scored with
 
-- FID (TF-2015 Inception pool_3, :mod:`djepa.image.metrics`) of ``--curve-samples`` class-balanced
-  samples against the 10k real test images, at every evaluated checkpoint (the curve);
+- FID (TF-2015 Inception pool_3, :mod:`djepa.image.metrics`) of ``--curve-samples``
+  class-balanced samples against the 10k real test images, at every evaluated checkpoint (the
+  curve); by default without classifier-free guidance (Table 6 reports "FID (w/o cfg)") at
+  τ = 0.94, the paper's temperature without guidance (§3.5);
 - FID of ``--final-samples`` samples against the 10k test images at the last checkpoint (the
   headline number; the curve's point there uses the first ``--curve-samples`` of them);
 - the class-accuracy check (PCA-50 + SVC fitted on real Fashion-MNIST train images only).
 
 Every phase is resumable: finished trainings, sample sets and feature files are reused, so the
-same command continues after an interruption. Results go to ``OUT/results.json``; ``--report``
+same command continues after an interruption; a run folder trained with other flags is refused.
+Everything that depends on the sampler settings lives in ``OUT/eval_<settings>/`` (samples,
+features, ``results.json``), so other settings never reuse it; ``--report``
 writes the markdown table and ``--plot`` the FID-vs-steps PNG.
 
     uv run python tools/experiments/jepa_ablation.py --output-dir runs/jepa_ablation \\
@@ -43,6 +47,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _atomic_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def sampler_tag(args) -> str:
+    """Names the evaluation folder after every setting that changes the samples, so results
+    of other sampler settings are never mixed up or reused."""
+    return (f"eval_K{args.ar_steps}_S{args.denoise_steps}_cfg{args.cfg:g}_tau{args.temperature:g}"
+            f"_seed{args.seed}_b{args.sample_batch}")
+
+
 def _eval_steps(spec: str, max_steps: int) -> list[int]:
     steps = sorted({int(s) for s in spec.split(",") if s.strip()})
     if not steps or steps[0] < 1 or steps[-1] != max_steps:
@@ -62,9 +85,14 @@ def train_flags(args, weight: float, out: Path, every: int) -> list[str]:
 def train_variant(args, name: str, out: Path, every: int) -> dict:
     """Run (or resume, or skip when finished) ``image-train`` for one variant in a subprocess."""
     done = out / "train_done.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     cmd = [sys.executable, "-m", "djepa.image.train", *train_flags(args, VARIANTS[name], out, every)]
+    command = "image-train " + " ".join(cmd[3:])
+    if done.is_file():
+        info = json.loads(done.read_text())
+        if info["command"] != command:
+            raise SystemExit(f"{out} was trained with other flags:\n  {info['command']}\nnot\n  {command}\n"
+                             f"use another --output-dir (or the original training flags)")
+        return info
     out.mkdir(parents=True, exist_ok=True)
     _log(f"train {name}: {' '.join(cmd[1:])}")
     t0 = time.perf_counter()
@@ -72,8 +100,8 @@ def train_variant(args, name: str, out: Path, every: int) -> dict:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise SystemExit(f"image-train for {name} failed (exit {rc}); see {out / 'train.log'}")
-    info = dict(seconds=time.perf_counter() - t0, command="image-train " + " ".join(cmd[3:]))
-    done.write_text(json.dumps(info, indent=2))
+    info = dict(seconds=time.perf_counter() - t0, command=command)
+    _atomic_json(done, info)
     return info
 
 
@@ -109,7 +137,7 @@ def real_features(args, root: Path, extractor):
     _log(f"real: Inception features of {len(imgs)} test images")
     feats = extract_features(extractor, (imgs[i:i + 100] for i in range(0, len(imgs), 100)),
                              progress=True, total=len(imgs))
-    np.savez(path, pool=feats.pool)
+    _atomic_npz(path, pool=feats.pool)
     return feats.pool
 
 
@@ -123,7 +151,8 @@ def sample_checkpoint(args, ckpt_dir: Path, n: int, dest: Path) -> dict:
     if dest.is_file():
         z = np.load(dest)
         if len(z["images"]) >= n:
-            return dict(images=z["images"][:n], labels=z["labels"][:n], seconds=float(z["seconds"]))
+            return dict(images=z["images"][:n], labels=z["labels"][:n],
+                        seconds_per_image=float(z["seconds_per_image"]))
     model, tokenizer, _ = load_generator(ckpt_dir)
     cfg = SamplerConfig(num_ar_steps=args.ar_steps, cfg_scale=args.cfg, temperature=args.temperature,
                         num_denoise_steps=args.denoise_steps)
@@ -136,12 +165,10 @@ def sample_checkpoint(args, ckpt_dir: Path, n: int, dest: Path) -> dict:
             tok = generate(model, labels[s:s + args.sample_batch], cfg, generator=gen,
                            clip_range=tokenizer.value_range)
         out.append(to_uint8(tokenizer.decode(tok.float()))[..., 0])
-    seconds = time.perf_counter() - t0
+    spi = (time.perf_counter() - t0) / n
     images = np.concatenate(out)
-    tmp = dest.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, labels=labels.numpy(), seconds=seconds)
-    os.replace(tmp, dest)
-    return dict(images=images, labels=labels.numpy(), seconds=seconds)
+    _atomic_npz(dest, images=images, labels=labels.numpy(), seconds_per_image=spi)
+    return dict(images=images, labels=labels.numpy(), seconds_per_image=spi)
 
 
 def features_of(extractor, images: np.ndarray, dest: Path) -> np.ndarray:
@@ -154,7 +181,7 @@ def features_of(extractor, images: np.ndarray, dest: Path) -> np.ndarray:
     x = torch.from_numpy(images).unsqueeze(1).expand(-1, 3, -1, -1)
     feats = extract_features(extractor, (x[i:i + 100] for i in range(0, len(x), 100)),
                              progress=True, total=len(x))
-    np.savez(dest, pool=feats.pool)
+    _atomic_npz(dest, pool=feats.pool)
     return feats.pool
 
 
@@ -168,7 +195,9 @@ def evaluate(args, root: Path, steps: list[int], train_info: dict) -> dict:
     _log("fitting the reference classifier (PCA-50 + SVC on real train images)")
     clf = fit_reference_classifier("fashion-mnist", args.data_dir)
     _log(f"reference classifier: {100 * clf.heldout_accuracy:.1f} % on the real test split")
-    results_path = root / "results.json"
+    ev = root / sampler_tag(args)  # everything that depends on the sampler settings
+    ev.mkdir(exist_ok=True)
+    results_path = ev / "results.json"
     rows = json.loads(results_path.read_text())["rows"] if results_path.is_file() else []
     have = {(r["variant"], r["step"]) for r in rows}
     for step in steps:
@@ -178,20 +207,23 @@ def evaluate(args, root: Path, steps: list[int], train_info: dict) -> dict:
             n = args.final_samples if step == steps[-1] else args.curve_samples
             ckpt = root / name / "checkpoints" / tag_for_step(step)
             _log(f"{name} step {step}: sampling {n} images")
-            smp = sample_checkpoint(args, ckpt, n, root / name / f"samples_{step}.npz")
-            _log(f"{name} step {step}: {smp['seconds'] / n * 1000:.1f} ms/img; Inception features")
-            feats = features_of(extractor, smp["images"], root / name / f"features_{step}.npz")
+            smp = sample_checkpoint(args, ckpt, n, ev / f"{name}_samples_{step}.npz")
+            _log(f"{name} step {step}: {smp['seconds_per_image'] * 1000:.1f} ms/img; Inception features")
+            feats = features_of(extractor, smp["images"], ev / f"{name}_features_{step}.npz")
             imgs = torch.from_numpy(smp["images"]).float().div(255).unsqueeze(1)
+            labels = torch.from_numpy(smp["labels"])
+            k = args.curve_samples
             row = dict(variant=name, step=step, samples=n,
-                       fid_curve=frechet_distance_from_features(feats[:args.curve_samples], real),
+                       fid_curve=frechet_distance_from_features(feats[:k], real),
                        fid_final=frechet_distance_from_features(feats, real) if n == args.final_samples else None,
-                       class_accuracy=class_accuracy(clf, imgs, torch.from_numpy(smp["labels"])),
-                       sample_seconds_per_image=smp["seconds"] / n)
-            _log(f"{name} step {step}: FID-{args.curve_samples} {row['fid_curve']:.2f}"
+                       class_accuracy_curve=class_accuracy(clf, imgs[:k], labels[:k]),
+                       class_accuracy_all=class_accuracy(clf, imgs, labels),
+                       sample_seconds_per_image=smp["seconds_per_image"])
+            _log(f"{name} step {step}: FID-{k} {row['fid_curve']:.2f}"
                  + (f", FID-{n} {row['fid_final']:.2f}" if row["fid_final"] is not None else "")
-                 + f", class accuracy {100 * row['class_accuracy']:.1f} %")
+                 + f", class accuracy {100 * row['class_accuracy_all']:.1f} % ({n} images)")
             rows.append(row)
-            save_results(args, root, rows, train_info, clf.heldout_accuracy, real_n=len(real))
+            save_results(args, ev, rows, train_info, clf.heldout_accuracy, real_n=len(real))
     return json.loads(results_path.read_text())
 
 
@@ -202,9 +234,7 @@ def save_results(args, root, rows, train_info, clf_acc, real_n) -> None:
         machine=dict(platform=platform.platform(), processor=platform.processor(),
                      cpus=os.cpu_count(), torch=torch.__version__),
         rows=sorted(rows, key=lambda r: (r["step"], r["variant"])))
-    tmp = root / "results.json.tmp"
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, root / "results.json")
+    _atomic_json(root / "results.json", res)
 
 
 def plot(res: dict, path: Path) -> None:
@@ -241,20 +271,25 @@ def _flags(a: dict) -> str:
 
 def report(res: dict, path: Path, plot_path: Path | None) -> None:
     a = res["args"]
-    lines = ["| step | model | FID-%d | FID-%d | class accuracy | sampling ms/img |" % (a["curve_samples"], a["final_samples"]),
-             "|---:|---|---:|---:|---:|---:|"]
+    k, n = a["curve_samples"], a["final_samples"]
+    lines = [f"| step | model | FID-{k} | FID-{n} | class accuracy ({k}) | class accuracy (all) | sampling ms/img |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         final = f"{r['fid_final']:.2f}" if r["fid_final"] is not None else "–"
         lines.append(f"| {r['step']} | {r['variant']} | {r['fid_curve']:.2f} | {final} | "
-                     f"{100 * r['class_accuracy']:.1f} % | {1000 * r['sample_seconds_per_image']:.1f} |")
-    train = "\n".join(f"- {n}: {t['seconds'] / 60:.1f} min — `{t['command']}`" for n, t in res["train"].items())
+                     f"{100 * r['class_accuracy_curve']:.1f} % | {100 * r['class_accuracy_all']:.1f} % "
+                     f"({r['samples']}) | {1000 * r['sample_seconds_per_image']:.1f} |")
+    m = res["machine"]
+    train = "\n".join(f"- {v}: {t['seconds'] / 60:.1f} min — `{t['command']}`" for v, t in res["train"].items())
     body = f"""<!-- generated by tools/experiments/jepa_ablation.py; commentary below the marker is hand-written -->
 # JEPA-loss ablation (paper Table 6) on Fashion-MNIST
 
 Two models trained with identical flags except the prediction-loss weight
 (1 = D-JEPA, 0 = MAR baseline); same seed, data order, masks and budget ({a['steps']} steps of batch
 {a['batch_size']}). Samples: {a['ar_steps']} AR steps, {a['denoise_steps']} respaced DDPM steps,
-cfg {a['cfg']} (linear schedule), temperature {a['temperature']}, seed {a['seed']}, labels `i mod 10`.
+cfg {a['cfg']}{' (off: Table 6 reports FID without guidance)' if a['cfg'] == 1.0 else ' (linear schedule)'}, temperature {a['temperature']}, seed {a['seed']}, labels `i mod 10`
+(the first {k} samples are class-balanced and are the FID-{k} set at every step). One training
+seed per model and one sampling seed: differences of a few FID points are within run-to-run noise.
 FID: TF-2015 Inception pool_3 against the {res['real_images']} real test images. Class accuracy: PCA-50 +
 SVC fitted on real train images only ({100 * res['reference_classifier_heldout_accuracy']:.1f} % on the
 real test images).
@@ -263,7 +298,7 @@ real test images).
 
 {f'![FID against training steps]({plot_path.name})' if plot_path else ''}
 
-Training wall time (2 CPU cores{', both runs at once, one thread each' if a['parallel'] else ''}):
+Training wall time ({m['cpus']} CPU cores, {m['processor'] or m['platform']}{', both runs at once, one thread each' if a['parallel'] else ''}):
 {train}
 
 Reproduce:
@@ -294,8 +329,8 @@ def main() -> int:
     ap.add_argument("--final-samples", type=int, default=10000)
     ap.add_argument("--ar-steps", type=int, default=16)
     ap.add_argument("--denoise-steps", type=int, default=50)
-    ap.add_argument("--cfg", type=float, default=3.0)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--cfg", type=float, default=1.0, help="1 = no guidance, as Table 6")
+    ap.add_argument("--temperature", type=float, default=0.94, help="paper §3.5: 0.94 without cfg")
     ap.add_argument("--real-images", type=int, default=10000, help="real test images for FID (smoke runs: fewer)")
     ap.add_argument("--sample-batch", type=int, default=500)
     ap.add_argument("--parallel", action="store_true", help="train both variants at once (1 thread each)")
@@ -316,6 +351,7 @@ def main() -> int:
     if args.phase == "train":
         return 0
     res = evaluate(args, root, steps, train_info)
+    print(f"results: {root / sampler_tag(args) / 'results.json'}")
     if args.plot:
         plot(res, args.plot)
     if args.report:

@@ -159,12 +159,19 @@ class SamplingPlan:
         """``[M, F]`` AdaLN modulations for row ``r`` at timestep ``t_values[idx[r]]``.
 
         ``idx``: ``[M]`` long indices into ``t_values``. Rows of one call may use different
-        timesteps; each must fall in one chunk (true for every sampler here, whose rows share
-        the step), else the rows are computed directly.
+        timesteps. Precomputed chunks are used when one chunk holds every timestep (no host
+        sync anywhere) or, on CPU, when the rows fall in one chunk; otherwise (one-step chunks,
+        rows straddling chunks, partial chunks on an accelerator) the rows are computed directly,
+        as the plain forward does. Memory: the chunk plus its ``[T_c, M, W]`` SiLU input.
         """
         m = self.cond.shape[0]
         if self.chunk >= len(self.t_values) or not idx.numel():
             c0 = 0  # one chunk holds every timestep: no host sync (GPU) to find it
+        elif self.chunk == 1 or idx.device.type != "cpu":
+            # finding the chunk would cost a device→host sync per step on accelerators (and a
+            # one-step chunk saves nothing): compute this step's rows directly
+            y = self.t_embed.index_select(0, idx) + self.cond
+            return F.linear(F.silu(y), self.ada_weight, self.ada_bias)
         else:
             lo, hi = (int(v) for v in torch.aminmax(idx))
             c0 = lo // self.chunk

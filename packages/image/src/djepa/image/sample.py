@@ -57,20 +57,24 @@ def resolve_pretrained(path: str | Path) -> Path:
 
 
 def _is_training_checkpoint(p: Path) -> bool:
-    return (p / "ema.safetensors").is_file() and (p.parent.parent / "config.json").is_file()
+    return p.name.startswith("step_") and p.parent.name == "checkpoints" \
+        and (p.parent.parent / "config.json").is_file()
 
 
 def load_checkpoint_ema(step_dir: str | Path, device: torch.device | str = "cpu"):
     """The EMA weights of one training checkpoint (``RUN/checkpoints/step_XXXXXXXX``) as a model.
 
-    The model config comes from ``RUN/config.json`` (its ``model`` section); the checkpoint is
-    verified against its manifest (sizes) first, so a truncated or half-written one is refused.
+    The model config comes from ``RUN/config.json`` (its ``model`` section). ``ema.safetensors``
+    is checked against the checkpoint's manifest (size and sha256) first, so a truncated,
+    corrupt or half-written checkpoint is refused; the other files (DeepSpeed state) are not
+    needed and not read.
 
     Returns:
         ``(model, run_dir)``: the :class:`~djepa.core.model.DJEPA` in eval mode and the run folder.
 
     Raises:
-        djepa.core.train.checkpoint.CheckpointError: incomplete or truncated checkpoint.
+        djepa.core.train.checkpoint.CheckpointError: no manifest, no EMA file, or an EMA file
+            that does not match the manifest.
         CheckpointMismatchError: the EMA tensors do not fit the run's model config.
         ValueError: ``RUN/config.json`` has no model section.
     """
@@ -83,12 +87,25 @@ def load_checkpoint_ema(step_dir: str | Path, device: torch.device | str = "cpu"
 
     step_dir = Path(step_dir)
     run_dir = step_dir.parent.parent
-    ckpt.verify(step_dir, checksums=False)
+    weights = step_dir / "ema.safetensors"
+    manifest = step_dir / ckpt.MANIFEST
+    try:
+        entry = json.loads(manifest.read_text())["files"]["ema.safetensors"]
+    except FileNotFoundError:
+        raise ckpt.CheckpointError(f"{step_dir}: no {ckpt.MANIFEST} (checkpoint incomplete)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ckpt.CheckpointError(f"{manifest}: unreadable or lists no ema.safetensors ({e})") from None
+    if not weights.is_file():
+        raise ckpt.CheckpointError(f"{weights}: missing (the manifest lists it)")
+    if weights.stat().st_size != entry["size"]:
+        raise ckpt.CheckpointError(f"{weights}: size {weights.stat().st_size} bytes, manifest says "
+                                   f"{entry['size']} (truncated or rewritten)")
+    if entry.get("sha256") and ckpt.sha256_file(weights) != entry["sha256"]:
+        raise ckpt.CheckpointError(f"{weights}: sha256 does not match the manifest (corrupt)")
     meta = json.loads((run_dir / "config.json").read_text())
     if "model" not in meta:
         raise ValueError(f"{run_dir / 'config.json'} has no 'model' section (not an image-train run)")
     model = DJEPA(config_from_dict(DJEPAConfig, meta["model"]))
-    weights = step_dir / "ema.safetensors"
     load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
     return model.to(device).eval(), run_dir
 
@@ -102,12 +119,13 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu"):
 
     if _is_training_checkpoint(Path(path)):
         model, folder = load_checkpoint_ema(path, device)
+        tok_file = folder / "tokenizer.json"
     else:
         folder = resolve_pretrained(path)
         model = DJEPA.from_pretrained(folder, map_location=device).eval()
-    tok_file = folder / "tokenizer.json"
-    if not tok_file.is_file():
-        tok_file = folder.parent / "tokenizer.json"
+        tok_file = folder / "tokenizer.json"
+        if not tok_file.is_file() and folder.name == "pretrained":  # RUN/pretrained: RUN's file
+            tok_file = folder.parent / "tokenizer.json"
     if not tok_file.is_file():
         raise FileNotFoundError(f"{folder} has no tokenizer.json describing the image tokenizer")
     info = json.loads(tok_file.read_text())

@@ -64,6 +64,8 @@ class SamplerFlags:
         """
         from djepa.core.config import SamplerConfig
 
+        if self.ar_steps is not None and self.ar_steps < 1:
+            raise UserError(f"--ar-steps must be >= 1 (or left out for the default), got {self.ar_steps}")
         try:
             return SamplerConfig(num_ar_steps=self.ar_steps or max(1, min(num_unknown_tokens, 64)),
                                  cfg_scale=self.cfg, cfg_schedule=self.cfg_schedule,

@@ -39,7 +39,7 @@ import torch
 
 from djepa.core.pretrained import atomic_write_text
 
-__all__ = ["CheckpointError", "tag_for_step", "step_of_tag", "write_manifest", "verify",
+__all__ = ["CheckpointError", "tag_for_step", "step_of_tag", "sha256_file", "write_manifest", "verify",
            "read_latest", "write_latest", "candidate_tags", "prune", "rng_state",
            "set_rng_state", "save_rng", "load_rng", "atomic_write_text"]
 
@@ -63,7 +63,8 @@ def step_of_tag(tag: str) -> int:
     return int(m.group(1))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -81,7 +82,7 @@ def write_manifest(ckpt_dir: Path, *, checksums: bool = True) -> dict[str, Any]:
     entries = {}
     for rel in _files(ckpt_dir):
         p = ckpt_dir / rel
-        entries[rel] = {"size": p.stat().st_size, "sha256": _sha256(p) if checksums else None}
+        entries[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p) if checksums else None}
     manifest = {"version": 1, "files": entries}
     atomic_write_text(ckpt_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
@@ -112,7 +113,7 @@ def verify(ckpt_dir: Path, *, checksums: bool = True) -> None:
         if size != meta["size"]:
             raise CheckpointError(
                 f"{p}: size {size} bytes, manifest says {meta['size']} (truncated or rewritten)")
-        if checksums and meta.get("sha256") and _sha256(p) != meta["sha256"]:
+        if checksums and meta.get("sha256") and sha256_file(p) != meta["sha256"]:
             raise CheckpointError(f"{p}: sha256 does not match the manifest (corrupt)")
 
 
