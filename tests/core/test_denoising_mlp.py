@@ -155,3 +155,19 @@ def test_sampling_plan_matches_plain_forward(budget):
     assert torch.allclose(net(x, t, z, plan=plan), net(x, t, z), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="another z"):
         net(x, t, z.clone(), plan=plan)
+
+
+def test_sampling_plan_under_bf16_autocast_matches_the_plain_forward():
+    net = _random_net().float()
+    x, z = torch.randn(7, 3), torch.randn(7, 5)
+    timesteps = torch.tensor([0, 500, 999])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plan = net.sampling_plan(z, timesteps)
+        assert all(w.dtype == torch.bfloat16 for pair in plan.linears for w in pair)
+        for tv in (999, 500, 0):
+            t = torch.full((7,), tv)
+            planned, plain = net(x, t, z, plan=plan), net(x, t, z)
+            assert planned.dtype == plain.dtype == torch.bfloat16
+            # same bf16 weights and op order; only the batched modulation matmul may round
+            # differently (it is one matmul over all timesteps instead of one per step)
+            assert torch.allclose(planned.float(), plain.float(), rtol=2e-2, atol=2e-2)

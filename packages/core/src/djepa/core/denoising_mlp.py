@@ -144,6 +144,10 @@ class SamplingPlan:
             ``[F, W]`` / ``[F]`` with ``F = (3·depth + 2)·W``, in the compute dtype.
         chunk: timesteps per precomputed chunk (``>= 1``).
         cache: chunk index → ``[T_c, M, F]`` modulations (filled lazily; the last one only).
+        linears: ``(weight, bias)`` of every per-step Linear (input projection, the blocks' two
+            MLP layers, the final layer) already in the compute dtype: under autocast they are
+            cast once per plan instead of at every step (autocast does not cache casts of
+            weights that do not require grad; same values, so same results).
     """
 
     z: Tensor
@@ -154,6 +158,7 @@ class SamplingPlan:
     ada_bias: Tensor
     chunk: int = 1
     cache: dict = field(default_factory=dict)
+    linears: tuple = ()
 
     def modulations(self, idx: Tensor) -> Tensor:
         """``[M, F]`` AdaLN modulations for row ``r`` at timestep ``t_values[idx[r]]``.
@@ -275,7 +280,10 @@ class DenoisingMLP(nn.Module):
             t_embed, cond = t_embed.to(weight.dtype), cond.to(weight.dtype)
         per_step = max(1, z.shape[0] * weight.shape[0] * weight.element_size())
         chunk = max(1, min(len(t_values), int(memory_budget) // per_step))
-        return SamplingPlan(z, t_values, t_embed, cond, weight, bias, chunk)
+        mods = [self.input_proj] + [m for b in self.res_blocks for m in (b.mlp[0], b.mlp[2])] \
+            + [self.final_layer.linear]
+        linears = tuple((m.weight.to(weight.dtype), m.bias.to(weight.dtype)) for m in mods)
+        return SamplingPlan(z, t_values, t_embed, cond, weight, bias, chunk, linears=linears)
 
     def forward(self, x: Tensor, t: Tensor, z: Tensor, *, plan: SamplingPlan | None = None) -> Tensor:
         """Predict ε (and the variance interpolation v) or the velocity for each token.
@@ -314,11 +322,13 @@ class DenoisingMLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_channels or x.shape[0] != z.shape[0]:
             raise ValueError(f"x must be [{z.shape[0]}, {self.in_channels}], got {tuple(x.shape)}")
         idx = torch.searchsorted(plan.t_values, t.reshape(-1).float())
-        h = self.input_proj(x.to(self.input_proj.weight.dtype))
+        lin = plan.linears
+        h = F.linear(x.to(self.input_proj.weight.dtype), *lin[0])
         mods = plan.modulations(idx)
         w = self.model_channels
-        off = 0
-        for block in self.res_blocks:
-            h = block.apply_modulation(h, mods[:, off:off + 3 * w])
-            off += 3 * w
-        return self.final_layer.apply_modulation(h, mods[:, off:])
+        for i, block in enumerate(self.res_blocks):  # ResBlock.apply_modulation, precast weights
+            shift, scale, gate = mods[:, 3 * w * i:3 * w * (i + 1)].chunk(3, dim=-1)
+            u = modulate(block.in_ln(h), shift, scale)
+            h = h + gate * F.linear(F.silu(F.linear(u, *lin[1 + 2 * i])), *lin[2 + 2 * i])
+        shift, scale = mods[:, 3 * w * len(self.res_blocks):].chunk(2, dim=-1)
+        return F.linear(modulate(self.final_layer.norm_final(h), shift, scale), *lin[-1])
