@@ -48,15 +48,16 @@ def tables() -> str:
             continue
         r = d["results"]
         name = f"djepa {d['precision']}" + (" compile" if d.get("compile") else "") + \
-            ("" if d.get("adamw", "default") == "default" else f" AdamW {d['adamw']}")
+            ("" if d.get("adamw", "default") == "default" else f" AdamW {d['adamw']}") + \
+            ("" if d.get("prediction_loss", True) else " without L_p (MAR)")
         pk = d["matmul_peak_gflops"]["fp32"]
         lines.append(f"| {name} (`{d['_file']}`) | {d['machine']['torch_threads']} | {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} | "
                      f"{r['ema_target_fwd_ms']:.0f} | {r['forward_ms']:.0f} | {r['backward_ms']:.0f} | "
                      f"{r['optimizer_ema_ms']:.0f} | {r['peak_mem_mib']:.0f} | {r['gflops_per_s']:.0f} | "
                      f"{r['peak_fraction_of_fp32']:.2f} ({pk:.0f}) | {_load_str(d)} |")
     lines += ["", "### Sampling, Algorithm 1 (reference-tiny, batch 16, K = 64, τ = 0.95, random weights, CPU; reference: 2 threads, quiet)", "",
-              "| run | threads | head | S | cfg | precision | s/img | backbone s/img | denoising MLP s/img | reference s/img | time / reference | load 1-min (before → after) |",
-              "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+              "| run | threads | head | S | cfg | precision | s/img | backbone s/img | denoising MLP s/img | reference s/img (same S) | time / reference (same S) | time / reference at S = 100 | load 1-min (before → after) |",
+              "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for d in rows:
         if d.get("benchmark") != "sample":
             continue
@@ -67,7 +68,8 @@ def tables() -> str:
         lines.append(f"| `{d['_file']}`{tag} | {d['machine']['torch_threads']} | {head} | {d['denoise_steps']} | {d['cfg']:g} | {d['precision']} | "
                      f"{r['s_per_img']:.3f} | {r['backbone_s_per_img']:.3f} | {r['head_s_per_img']:.3f} | "
                      f"{'–' if refv is None else format(refv, '.2f')} | "
-                     f"{'–' if refv is None else format(r['s_per_img'] / refv, '.2f')} | {_load_str(d)} |")
+                     f"{'–' if refv is None else format(r['s_per_img'] / refv, '.2f')} | "
+                     f"{r['s_per_img'] / ref['sample'][(100, float(d['cfg']))]:.2f} | {_load_str(d)} |")
     for d in rows:
         if d.get("benchmark") != "switches":
             continue
