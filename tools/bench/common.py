@@ -111,6 +111,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "load_avg_1_5_15": load_average(),
+        "malloc": "glibc, freed memory kept (djepa.core.cpu_malloc)" if _MALLOC["tuned"] else "system default",
     }
     try:
         import deepspeed  # noqa: F401 - version only
@@ -130,9 +131,18 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def setup_threads(threads: int | None) -> None:
+def setup_threads(threads: int | None, malloc: str = "tuned") -> None:
+    """Torch CPU threads, and glibc malloc: ``tuned`` keeps freed memory mapped as every djepa
+    CLI does (``djepa.core.cpu_malloc``), ``system`` leaves glibc's defaults."""
     if threads:
         torch.set_num_threads(threads)
+    if malloc == "tuned":
+        from djepa.core.cpu_malloc import keep_freed_memory
+
+        _MALLOC["tuned"] = keep_freed_memory()
+
+
+_MALLOC: dict[str, bool] = {"tuned": False}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -361,6 +371,8 @@ def add_common_args(ap) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU only)")
+    ap.add_argument("--malloc", default="tuned", choices=("tuned", "system"),
+                    help="glibc malloc: keep freed memory mapped as the CLIs do (tuned), or defaults")
     ap.add_argument("--token-dim", type=int, default=16, help="token channels (presets)")
     ap.add_argument("--grid", type=int, nargs="+", default=[16, 16], help="token grid (presets)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (presets)")

@@ -67,6 +67,7 @@ def run(cfg, *, batch: int, device: torch.device, ar_steps: int, denoise_steps: 
 
     if split:
         model.token_loss.sample = timed_sample
+    mem = C.PeakMemory(device).__enter__()
     try:
         totals, heads = [], []
         t_start = time.perf_counter()
@@ -95,6 +96,7 @@ def run(cfg, *, batch: int, device: torch.device, ar_steps: int, denoise_steps: 
         "flops_per_img": flops["total"] / batch, "flops_split_per_img": {k: v / batch for k, v in flops.items()},
         "gflops_per_s": flops["total"] / med / 1e9,
         "finite": bool(torch.isfinite(out).all()),
+        "peak_mem_mib": mem.peak_mib(),
     }
 
 
@@ -115,7 +117,7 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     if device.type == "cpu":
-        C.setup_threads(args.threads)
+        C.setup_threads(args.threads, args.malloc)
     cfg = C.config_from_args(args, loss_kind=args.head)
     load_before = C.load_average()
     res = run(cfg, batch=args.batch, device=device, ar_steps=args.ar_steps,
@@ -144,6 +146,8 @@ def main(argv=None) -> dict:
         ("  denoising MLP s/img", res["head_s_per_img"]),
         ("GFLOP/img (analytic)", res["flops_per_img"] / 1e9),
         ("achieved GFLOP/s", res["gflops_per_s"]),
+        ("peak memory MiB", res["peak_mem_mib"]),
+        ("malloc", data["machine"]["malloc"]),
     ]
     if ref is not None:
         rows += [("reference s/img", ref), ("time / reference", res["s_per_img"] / ref)]

@@ -4,7 +4,10 @@
 * ``torch.compile`` on/off (training step; blocks + denoising MLP compiled per module);
 * bf16 autocast vs fp32 (training step and sampling);
 * CFG as one doubled batch (what ``djepa.core.sampler.generate`` does) vs two passes (a
-  comparison variant written here only: two backbone passes and two denoising-MLP calls per step).
+  comparison variant written here only: two backbone passes and two denoising-MLP calls per step);
+* glibc malloc keeping freed memory (``djepa.core.cpu_malloc``, what the CLIs do) vs glibc's
+  defaults (CPU only: a process-wide setting, so each row is its own ``sample.py`` /
+  ``train_step.py`` subprocess).
 
     uv run python tools/bench/switches.py --config reference-tiny --json docs/results/switches.json
 
@@ -15,8 +18,11 @@ keep the run short; every row of one table uses the same settings.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,11 +111,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--denoise-steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--skip", nargs="*", default=[], choices=("kernel", "compile", "precision", "cfg"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("kernel", "compile", "precision", "cfg", "malloc"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
-        C.setup_threads(args.threads)
+        C.setup_threads(args.threads, args.malloc)
     from djepa.core.config import SamplerConfig
     from djepa.core.sampler import generate
 
@@ -183,6 +189,32 @@ def main(argv=None) -> dict:
             what = f"sample s/img K{args.ar_steps} S{args.denoise_steps} cfg{args.cfg:g}"
             add("cfg", f"doubled batch {prec}", what, one / args.sample_batch, "s/img")
             add("cfg", f"two passes {prec}", what, two / args.sample_batch, "s/img")
+
+    # glibc malloc: kept freed memory vs defaults (subprocesses; bf16 as the CLIs run)
+    if "malloc" not in args.skip and device.type == "cpu":
+        here = Path(__file__).resolve().parent
+        common = ["--config", args.config, "--threads", str(args.threads), "--precision", "bf16",
+                  "--token-dim", str(args.token_dim), "--num-classes", str(args.num_classes),
+                  "--grid", *map(str, args.grid)]
+        jobs = [("train_step.py", ["--batch", str(args.train_batch), "--steps", str(max(args.train_steps, 4))],
+                 "train ms/step bf16", "ms_per_step", 1.0, "ms"),
+                ("sample.py", ["--batch", str(args.sample_batch), "--ar-steps", str(args.ar_steps),
+                               "--denoise-steps", str(args.denoise_steps), "--cfg", str(args.cfg),
+                               "--repeat", str(args.repeat)],
+                 f"sample s/img K{args.ar_steps} S{args.denoise_steps} cfg{args.cfg:g} bf16", "s_per_img", 1.0, "s/img")]
+        for script, extra, what, key, mult, unit in jobs:
+            for mode in ("system", "tuned"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "r.json"
+                    proc = subprocess.run([sys.executable, str(here / script), *common, *extra,
+                                           "--malloc", mode, "--json", str(out)],
+                                          capture_output=True, text=True)
+                    if proc.returncode != 0 or not out.is_file():
+                        add("malloc", mode, what, None, unit, f"failed: {proc.stderr.strip()[-120:]}")
+                        continue
+                    res = json.loads(out.read_text())["results"]
+                add("malloc", "freed memory kept" if mode == "tuned" else "glibc defaults", what,
+                    res[key] * mult, unit, f"peak RSS {res.get('peak_mem_mib', float('nan')):,.0f} MiB")
 
     data = {"benchmark": "switches", "config_name": args.config, "device": str(device),
             "machine": C.machine_info(device), "load_before": load0, "rows": rows,

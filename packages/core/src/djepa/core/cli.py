@@ -123,9 +123,15 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     folders, permissions), ``KeyError`` and ``RuntimeError`` (the engine's checkpoint and
     non-finite-loss errors); only the message's first line is printed.
     Set ``DJEPA_DEBUG=1`` to get the traceback instead. ``KeyboardInterrupt`` exits 130.
+
+    Before ``fn`` it keeps freed host memory mapped (:func:`djepa.core.cpu_malloc.keep_freed_memory`;
+    ``DJEPA_MALLOC=system`` keeps glibc's defaults).
     """
     import os
 
+    from djepa.core.cpu_malloc import keep_freed_memory
+
+    keep_freed_memory()
     if os.environ.get("DJEPA_DEBUG"):
         return int(fn() or 0)
     try:

@@ -1,0 +1,86 @@
+"""djepa.core.cpu_malloc: freed host memory stays mapped, measured as page faults.
+
+Each case runs in a fresh interpreter: the setting is process-wide and cannot be undone.
+A 48 MiB tensor is above glibc's largest dynamic mmap threshold (32 MiB), so with glibc's
+defaults every allocation is a new mapping and faults in all its pages again.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+MIB = 48
+PAGES = MIB * 2**20 // 4096
+
+_PROBE = textwrap.dedent(f"""
+    import resource, sys, torch
+    {{setup}}
+    n = {MIB} * 2**20 // 4
+    for _ in range(10):  # first touches fault; glibc's heap settles after a few cycles
+        x = torch.empty(n); x.fill_(1.0); del x
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        x = torch.empty(n); x.fill_(1.0); del x
+    print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
+""")
+
+
+def _probe(setup: str, **env: str) -> tuple[str, float]:
+    code = _PROBE.replace("{setup}", setup)
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("DJEPA_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    full_env.update(env, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    applied, faults = out.stdout.split()
+    return applied, float(faults)
+
+
+def test_glibc_defaults_fault_every_large_allocation_again():
+    applied, faults = _probe("applied = 'none'")
+    assert faults >= 0.9 * PAGES, faults  # the problem the module exists for
+
+
+def test_keep_freed_memory_removes_the_faults():
+    applied, faults = _probe("from djepa.core.cpu_malloc import keep_freed_memory\n"
+                             "applied = keep_freed_memory()")
+    assert applied == "True"
+    assert faults <= 0.01 * PAGES, faults
+
+
+def test_run_main_applies_it_for_every_cli():
+    applied, faults = _probe("from djepa.core.cli import run_main\n"
+                             "applied = 'cli'\n"
+                             "run_main('probe', lambda: 0)")
+    assert faults <= 0.01 * PAGES, faults
+
+
+def test_djepa_malloc_system_keeps_glibc_defaults():
+    applied, faults = _probe("from djepa.core.cpu_malloc import keep_freed_memory\n"
+                             "applied = keep_freed_memory()", DJEPA_MALLOC="system")
+    assert applied == "False"
+    assert faults >= 0.9 * PAGES, faults
+
+
+def test_user_malloc_variables_win():
+    applied, _ = _probe("from djepa.core.cpu_malloc import keep_freed_memory\n"
+                        "applied = keep_freed_memory()", MALLOC_MMAP_THRESHOLD_="131072")
+    assert applied == "False"
+
+
+def test_threshold_out_of_range_raises():
+    from djepa.core.cpu_malloc import keep_freed_memory
+
+    for bad in (0, -5, 2**31):
+        with pytest.raises(ValueError, match="threshold_bytes"):
+            keep_freed_memory(bad)
