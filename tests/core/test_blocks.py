@@ -104,6 +104,29 @@ def test_block_matches_reference_with_rope_and_padding():
     torch.testing.assert_close(out.double(), ref, atol=5e-5, rtol=1e-4)
 
 
+def test_block_query_rows_equal_the_float64_reference_at_those_rows():
+    # The query-rows path (Algorithm 1 needs the last predictor block only at the revealed
+    # tokens) against the hand-written float64 block evaluated on all rows, then gathered.
+    torch.manual_seed(0)
+    block = Block(32, 4, qk_norm=True).eval()
+    _randomize(block, 1)
+    x = torch.randn(2, 12, 32)
+    pad = torch.zeros(2, 12, dtype=torch.bool)
+    pad[1, 9:] = True
+    rope = AxialRoPE(8, 2)(torch.randint(0, 6, (12, 2)))
+    rows = torch.tensor([[11, 0, 5], [3, 8, 2]])  # different rows per sample, unsorted
+    out = block(x, rope=rope, key_padding_mask=pad, query_idx=rows)
+    assert out.shape == (2, 3, 32)
+    (ref,) = reference_joint(block, [(x, "")], 4, pads=[pad], ropes=[rope])
+    ref_rows = torch.stack([ref[i, rows[i]] for i in range(2)])
+    torch.testing.assert_close(out.double(), ref_rows, atol=5e-5, rtol=1e-4)
+    # and, in float64, the very same numbers as the full block
+    block64, x64 = block.double(), x.double()
+    full = block64(x64, rope=rope, key_padding_mask=pad)
+    part = block64(x64, rope=rope, key_padding_mask=pad, query_idx=rows)
+    torch.testing.assert_close(part, torch.stack([full[i, rows[i]] for i in range(2)]), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_block_bf16_autocast_forward_backward_finite(qk_norm):
     torch.manual_seed(0)

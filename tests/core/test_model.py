@@ -143,6 +143,21 @@ def test_features_match_the_official_data_flow(pos):
     assert torch.allclose(model.features(x, cond, vis), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_features_at_query_rows_equal_all_features_gathered(pos):
+    model = tiny(pos_embed=pos).double().eval()
+    b, n = 3, model.num_tokens
+    x = torch.randn(b, n, 4, dtype=torch.float64)
+    cond = model.condition(torch.tensor([1, 4, 9]))
+    orders = torch.stack([torch.randperm(n) for _ in range(b)])
+    vis = orders[:, :5].sort(1).values
+    query = orders[:, 5:9]  # masked positions, a different set per sample
+    full = model.features(x, cond, vis)
+    part = model.features(x, cond, vis, query)
+    assert part.shape == (b, 4, full.shape[-1])
+    torch.testing.assert_close(part, torch.stack([full[i, query[i]] for i in range(b)]), atol=1e-12, rtol=0)
+
+
 def test_token_loss_sees_exactly_the_masked_rows_repeated():
     model = tiny()
     seen = {}

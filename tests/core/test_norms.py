@@ -61,3 +61,39 @@ def test_rmsnorm_reference():
     torch.testing.assert_close(n(x).double(), ref, atol=1e-6, rtol=1e-5)
     # Scale invariance (the defining property): RMSNorm(c·x) = RMSNorm(x) for c > 0.
     torch.testing.assert_close(n(7.0 * x), n(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layernorm_bf16_cpu_inference_path_matches_the_fp32_upcast():
+    # Without autograd a bf16 input on CPU takes ATen's mixed-dtype kernel (float32 math, one
+    # rounding); it must agree with upcast → fp32 layer_norm → round to one bf16 rounding step.
+    g = torch.Generator().manual_seed(3)
+    ln = LayerNorm(256)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * torch.randn(256, generator=g))
+        ln.bias.copy_(0.3 * torch.randn(256, generator=g))
+        x = (torch.randn(512, 256, generator=g) * 2 + 0.5).to(torch.bfloat16)
+        fast = ln(x)
+        ref = torch.nn.functional.layer_norm(x.float(), (256,), ln.weight, ln.bias, 1e-6).to(torch.bfloat16)
+    assert fast.dtype == torch.bfloat16
+    ulp = torch.finfo(torch.bfloat16).eps * ref.float().abs().clamp_min(2**-8)
+    assert ((fast.float() - ref.float()).abs() <= ulp).all()
+    assert (fast == ref).float().mean() > 0.99
+
+
+def test_layernorm_bf16_with_autograd_keeps_fp32_weight_gradients():
+    # With autograd the fp32 upcast path is used: ATen's mixed-dtype backward (torch 2.10, CPU)
+    # is several % off in the weight/bias gradients at a few thousand rows.
+    g = torch.Generator().manual_seed(4)
+    ln = LayerNorm(256)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * torch.randn(256, generator=g))
+    x = (torch.randn(4096, 256, generator=g) * 2 + 0.5).to(torch.bfloat16).requires_grad_()
+    gy = torch.randn(4096, 256, generator=g).to(torch.bfloat16)
+    ln(x).backward(gy)
+    got_w, got_b = ln.weight.grad.clone(), ln.bias.grad.clone()
+    ln.weight.grad = ln.bias.grad = None
+    xf = x.detach().double()
+    yd = torch.nn.functional.layer_norm(xf, (256,), ln.weight.double(), ln.bias.double(), 1e-6)
+    xhat = (yd - ln.bias.double()) / ln.weight.double()
+    torch.testing.assert_close(got_w.double(), (gy.double() * xhat).sum(0), atol=0.05, rtol=1e-3)
+    torch.testing.assert_close(got_b.double(), gy.double().sum(0), atol=0.05, rtol=1e-3)

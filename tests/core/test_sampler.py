@@ -63,9 +63,9 @@ class Recorder:
             self.calls.append(dict(rows=z.shape[0], **{k: kw[k] for k in ("cfg_scale", "z_uncond")}))
             return orig_sample(z, **kw)
 
-        def features(tokens, cond, vis):
+        def features(tokens, cond, vis, query_idx=None):
             self.feature_batches.append(tokens.shape[0])
-            return orig_features(tokens, cond, vis)
+            return orig_features(tokens, cond, vis, query_idx)
 
         model.token_loss.sample = sample
         model.features = features
@@ -106,6 +106,23 @@ def test_cfg_one_equals_plain_algorithm_1_and_does_not_double_batch():
     assert all(c["z_uncond"] is None and c["cfg_scale"] == 1.0 for c in rec.calls)
     ref = reference_algorithm_1(tiny_model(), labels, k=4, steps=5, temperature=0.9, seed=1)
     assert torch.equal(a, ref)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_last_predictor_block_runs_on_the_revealed_rows_only(cfg_scale):
+    # Per AR step the last block of γ (MLP) and the final norm see only the tokens revealed
+    # at that step (twice with cfg), not all N positions.
+    model = tiny_model()
+    rows_seen = []
+    model.predictor.blocks[-1].mlp.register_forward_hook(lambda m, i, o: rows_seen.append(o.shape[:2]))
+    norm_rows = []
+    model.predictor.norm.register_forward_hook(lambda m, i, o: norm_rows.append(o.shape[:2]))
+    cfg = SamplerConfig(num_ar_steps=6, num_denoise_steps=3, cfg_scale=cfg_scale)
+    generate(model, torch.tensor([0, 3]), cfg, generator=torch.Generator().manual_seed(0))
+    doubled = 2 if cfg_scale != 1.0 else 1
+    expected = [(2 * doubled, s.num_revealed) for s in ar_schedule(N, 6) if s.num_revealed]
+    assert rows_seen == expected and norm_rows == expected
+    assert sum(r for _, r in rows_seen) == N
 
 
 def test_cfg_unconditional_half_uses_the_null_class():

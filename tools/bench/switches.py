@@ -41,9 +41,6 @@ def generate_two_pass(model, labels, scfg, generator=None):
     doubled batch of ``generate``: guided ε = ε_u + s·(ε_c − ε_u), variance from the cond half)."""
     from djepa.core.sampler import ar_schedule, cfg_at
 
-    def _gather(x, idx):
-        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
     cfgm = model.config
     n, d = cfgm.seq_len, cfgm.token_dim
     device = next(model.parameters()).device
@@ -60,8 +57,8 @@ def generate_two_pass(model, labels, scfg, generator=None):
             continue
         visible = orders[:, :revealed].sort(dim=1).values
         pred_idx = orders[:, revealed:revealed + step.num_revealed]
-        z_c = _gather(model.features(tokens, cond, visible), pred_idx).reshape(-1, cfgm.predictor_dim)
-        z_u = _gather(model.features(tokens, null, visible), pred_idx).reshape(-1, cfgm.predictor_dim)
+        z_c = model.features(tokens, cond, visible, pred_idx).reshape(-1, cfgm.predictor_dim)
+        z_u = model.features(tokens, null, visible, pred_idx).reshape(-1, cfgm.predictor_dim)
         s = cfg_at(scfg.cfg_scale, scfg.cfg_schedule, step.mask_len, n)
         if cfgm.loss.kind == "diffusion":
             c = head.token_dim

@@ -186,16 +186,21 @@ class Attention(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
+        query_idx: Tensor | None = None,
     ) -> Tensor:
         """Args:
             x: ``[B, L, dim]``.
             rope: ``(cos, sin)`` each ``[L, head_dim/2]`` or ``[B, L, head_dim/2]``, or None.
             key_padding_mask: ``[B, L]`` bool, True = padding (ignored as a key), or None.
+            query_idx: ``[B, Q] int64`` rows that ask (queries); all ``L`` rows are keys and
+                values. None = every row.
 
         Returns:
-            ``[B, L, dim]`` in the compute dtype of ``proj``.
+            ``[B, L, dim]`` (``[B, Q, dim]`` with ``query_idx``) in the compute dtype of ``proj``.
         """
         q, k, v = self.project_qkv(x, rope)
+        if query_idx is not None:
+            q = torch.gather(q, 2, query_idx[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
         o = attention_kernel(q, k, v, key_padding_mask, self.dropout_p, self.kernel)
         return self.project_out(o)
 

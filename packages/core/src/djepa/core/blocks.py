@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from djepa.core.attention import MLP, Attention, attention_kernel
+from djepa.core.functional import gather_rows
 from djepa.core.norms import LayerNorm
 
 __all__ = ["Block", "JointBlock"]
@@ -53,15 +54,23 @@ class Block(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
+        query_idx: Tensor | None = None,
     ) -> Tensor:
         """Args:
             x: ``[B, L, D]``. rope: ``(cos, sin)`` ``[L or B×L, head_dim/2]`` or None.
             key_padding_mask: ``[B, L]`` bool, True = padding (ignored as a key), or None.
+            query_idx: ``[B, Q] int64`` rows of ``x`` whose outputs are wanted, or None (all).
+                Every row still serves as key/value; only the wanted rows get the query,
+                residuals, ``norm2`` and the MLP. Equals ``gather_rows(block(x), query_idx)``.
 
         Returns:
-            ``[B, L, D]``.
+            ``[B, L, D]``, or ``[B, Q, D]`` with ``query_idx``.
         """
-        x = x + self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask)
+        if query_idx is None:
+            x = x + self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask)
+            return x + self.mlp(self.norm2(x))
+        o = self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask, query_idx=query_idx)
+        x = gather_rows(x, query_idx) + o
         return x + self.mlp(self.norm2(x))
 
 

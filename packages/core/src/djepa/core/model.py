@@ -226,15 +226,20 @@ class FeaturePredictor(nn.Module):
             for _ in range(c.predictor_depth))
         self.norm = LayerNorm(c.predictor_dim, eps=1e-6)
 
-    def forward(self, context: Tensor, visible_idx: Tensor | None) -> Tensor:
-        """Predict features at every position.
+    def forward(self, context: Tensor, visible_idx: Tensor | None,
+                query_idx: Tensor | None = None) -> Tensor:
+        """Predict features at every position, or only at ``query_idx``.
 
         Args:
             context: ``[B, Nb + Nv, E]`` the context encoder's output.
             visible_idx: ``[B, Nv] int64`` positions of the visible tokens (``None`` = all).
+            query_idx: ``[B, Q] int64`` positions in ``[0, N)`` whose features are wanted, or
+                None (all N). All blocks but the last see every position; the last one computes
+                queries, MLP and the final norm for these rows only (Algorithm 1 needs ``z`` only
+                at the tokens revealed this AR step). Same values as ``z[query_idx]``.
 
         Returns:
-            ``z: [B, N, P]``.
+            ``z: [B, N, P]``, or ``[B, Q, P]`` with ``query_idx``.
         """
         h = self.embed(context)
         b, nb = h.shape[0], self.buffer_size
@@ -247,9 +252,15 @@ class FeaturePredictor(nn.Module):
         if self.pos_embed is not None:
             x = torch.cat([x[:, :nb], x[:, nb:] + self.pos_embed.to(x.dtype)], dim=1)
         rope = None if self.rope is None else self.rope.with_buffer(nb, None, x.device)
-        for block in self.blocks:
+        if query_idx is None:
+            for block in self.blocks:
+                x = block(x, rope=rope)
+            return self.norm(x)[:, nb:]
+        for block in self.blocks[:-1]:
             x = block(x, rope=rope)
-        return self.norm(x)[:, nb:]
+        rows = query_idx + nb
+        x = self.blocks[-1](x, rope=rope, query_idx=rows) if len(self.blocks) else gather_rows(x, rows)
+        return self.norm(x)
 
 
 class DJEPA(PretrainedMixin, nn.Module):
@@ -319,9 +330,12 @@ class DJEPA(PretrainedMixin, nn.Module):
                 f"tokens must have shape [B, {c.seq_len}, {c.token_dim}] for grid {c.grid} and "
                 f"token_dim {c.token_dim}, got {list(tokens.shape)}")
 
-    def features(self, tokens: Tensor, cond: Tensor, visible_idx: Tensor | None) -> Tensor:
-        """φ then γ: ``z: [B, N, P]`` from the visible tokens and condition ``cond: [B, E]``."""
-        return self.predictor(self.encoder(tokens, cond, visible_idx), visible_idx)
+    def features(self, tokens: Tensor, cond: Tensor, visible_idx: Tensor | None,
+                 query_idx: Tensor | None = None) -> Tensor:
+        """φ then γ: ``z: [B, N, P]`` from the visible tokens and condition ``cond: [B, E]``;
+        ``[B, Q, P]`` at the positions ``query_idx: [B, Q] int64`` only, when given (see
+        :meth:`FeaturePredictor.forward`)."""
+        return self.predictor(self.encoder(tokens, cond, visible_idx), visible_idx, query_idx)
 
     @torch.no_grad()
     def encode_target(self, tokens: Tensor, labels: Tensor | None) -> Tensor:

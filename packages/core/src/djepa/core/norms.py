@@ -54,6 +54,14 @@ class LayerNorm(nn.LayerNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         with no_autocast(x.device):
+            if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled():
+                # Inference only (sampling, the no-grad target encoder): ATen's CPU kernel for a
+                # bf16 input with float32 weight/bias normalises in float32 and rounds once to
+                # bf16, as the upcast below does, without writing float32 copies of x and y
+                # (2.5x faster on the reference-tiny backbone's [16, 128, 256]; same values to
+                # one bf16 rounding step). Not with autograd: in torch 2.10 that kernel's
+                # backward loses precision in the weight/bias gradients (8 % off at 4,096 rows).
+                return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
             y = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         return y.to(x.dtype)
 

@@ -9,7 +9,7 @@ growing linearly with the revealed fraction, MAR/Muse). Tokens given up front (`
 + ``known_mask``) are never changed: the same loop then does inpainting / outpainting (App. D.4).
 
 Work that does not depend on the step is done once: orders, the schedule, condition and null
-embeddings. Steps that reveal nothing (possible when K > N) skip the network entirely, and the
+embeddings. The feature predictor's last block computes only the rows revealed at each step. Steps that reveal nothing (possible when K > N) skip the network entirely, and the
 batch is doubled for CFG only when ``cfg_scale != 1``.
 """
 
@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from djepa.core.config import SamplerConfig
-from djepa.core.functional import gather_rows
 from djepa.core.masking import random_orders
 
 __all__ = ["ARStep", "ar_schedule", "cfg_at", "generate"]
@@ -167,9 +166,10 @@ def generate(
                 tok_in, vis_in = tokens, visible
                 if use_cfg:
                     tok_in, vis_in = torch.cat([tokens, tokens]), torch.cat([visible, visible])
-                z = model.features(tok_in, cond, vis_in)
-                z_sel = gather_rows(z, torch.cat([pred_idx, pred_idx]) if use_cfg else pred_idx)
-                z_sel = z_sel.reshape(-1, z.shape[-1])
+                # γ's last block and final norm run on the rows revealed this step only
+                z_sel = model.features(tok_in, cond, vis_in,
+                                       torch.cat([pred_idx, pred_idx]) if use_cfg else pred_idx)
+                z_sel = z_sel.reshape(-1, z_sel.shape[-1])
                 z_cond, z_uncond = z_sel.chunk(2) if use_cfg else (z_sel, None)
                 scale = cfg_at(config.cfg_scale, config.cfg_schedule, step.mask_len, max(num_unknown, 1))
                 x = model.token_loss.sample(
