@@ -210,3 +210,23 @@ def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tm
         assert "cfg_schedule must be 'linear' or 'constant'" in _error_line(capsys)
         assert main(base + ["--ar-steps", "0"]) == 2
         assert "--ar-steps must be >= 1" in _error_line(capsys)
+
+
+def test_compile_flag_compiles_the_loaded_model_before_sampling(trained, tmp_path, monkeypatch, capsys):
+    # The real compile is covered in tests/core/test_compile.py; here only the wiring: the
+    # loaded generator is handed to compile_backbone_for_sampling once, before generate runs.
+    import djepa.core.compile as compile_mod
+    import djepa.core.sampler as sampler_mod
+
+    events = []
+    monkeypatch.setattr(compile_mod, "compile_backbone_for_sampling",
+                        lambda m: events.append(("compile", type(m).__name__)) or m)
+    real_generate = sampler_mod.generate
+    monkeypatch.setattr(sampler_mod, "generate", lambda *a, **k: events.append(("generate",)) or real_generate(*a, **k))
+    args = ["--checkpoint", str(trained), "--classes", "0", "--num-per-class", "1", "--denoise-steps", "2",
+            "--output-dir", str(tmp_path / "s")]
+    assert sample_cli.main(args + ["--compile"]) == 0
+    assert events == [("compile", "DJEPA"), ("generate",)]
+    events.clear()
+    assert sample_cli.main(args + ["--overwrite"]) == 0
+    assert events == [("generate",)]

@@ -1,7 +1,8 @@
 """Side-by-side switches in one run (issue 6):
 
 * attention kernel: ``sdpa`` vs ``xformers`` (CUDA only; ``n/a`` elsewhere);
-* ``torch.compile`` on/off (training step; blocks + denoising MLP compiled per module);
+* ``torch.compile`` on/off (training step: blocks + denoising MLP compiled per module;
+  sampling: the backbone blocks with frozen weights, ``djepa.core.compile``);
 * bf16 autocast vs fp32 (training step and sampling);
 * CFG as one doubled batch (what ``djepa.core.sampler.generate`` does) vs two passes (a
   comparison variant written here only: two backbone passes and two denoising-MLP calls per step);
@@ -170,6 +171,16 @@ def main(argv=None) -> dict:
                 except Exception as e:  # compile toolchain missing etc.
                     add("compile", f"{'on' if comp else 'off'} {prec}", "train ms/step", None, "ms",
                         f"failed: {type(e).__name__}: {str(e)[:80]}")
+        # sampling: the backbone compiled for inference (djepa.core.compile, frozen weights)
+        cfg = C.build_config(args.config, token_dim=args.token_dim, grid=tuple(args.grid),
+                             num_classes=args.num_classes)
+        for comp in (False, True):
+            r = S.run(cfg, batch=args.sample_batch, device=device, ar_steps=args.ar_steps,
+                      denoise_steps=args.denoise_steps, cfg_scale=args.cfg, precision="bf16",
+                      repeat=args.repeat, split=False, compile_=comp)
+            note = f"first call incl. compile {r['first_call_s']:.0f} s" if comp else ""
+            add("compile", f"{'on' if comp else 'off'} bf16 backbone",
+                f"sample s/img K{args.ar_steps} S{args.denoise_steps} cfg{args.cfg:g}", r["s_per_img"], "s/img", note)
     # CFG doubled vs two passes
     if "cfg" not in args.skip:
         cfg = C.build_config(args.config, token_dim=args.token_dim, grid=tuple(args.grid),

@@ -221,6 +221,7 @@ def run(cfg: ImageInpaintConfig) -> dict:
     device = resolve_device(cfg.device)
     cfg.autocast(device)  # validates --precision before anything is loaded
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
+    cfg.prepare_model(model)
     num_classes = model.config.num_classes
     if cfg.class_id is not None and not 0 <= cfg.class_id < num_classes:
         raise UserError(f"class {cfg.class_id} is out of range: the model has {num_classes} classes "

@@ -167,6 +167,7 @@ def run(cfg: ImageSampleConfig) -> dict:
     device = resolve_device(cfg.device)
     cfg.autocast(device)  # validates --precision before anything is loaded
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
+    cfg.prepare_model(model)
     classes = parse_classes(cfg.classes, model.config.num_classes)
     sampler = cfg.sampler_config(model.config.seq_len)
     labels = torch.tensor(classes).repeat_interleave(cfg.num_per_class)
@@ -200,7 +201,8 @@ def run(cfg: ImageSampleConfig) -> dict:
                    seconds_per_image=round(seconds / len(labels), 4),
                    fraction_outside_range=outside / max(total, 1), grid=str(grid_path),
                    sampler=dict(ar_steps=sampler.num_ar_steps, denoise_steps=sampler.num_denoise_steps,
-                                cfg=sampler.cfg_scale, temperature=sampler.temperature))
+                                cfg=sampler.cfg_scale, temperature=sampler.temperature),
+                   compiled=cfg.compile, precision=cfg.precision)
     print(f"image-sample: {len(labels)} images in {seconds:.1f} s "
           f"({seconds / len(labels):.3f} s/img); values outside {tokenizer.value_range} before clamp: "
           f"{100 * summary['fraction_outside_range']:.3f} %; grid: {grid_path}")

@@ -55,6 +55,17 @@ class SamplerFlags:
     """auto (CUDA when available), cpu, cuda, cuda:1, …"""
     precision: str = "bf16"
     """bf16 (autocast, as trained; fp32 denoising math) or fp32."""
+    compile: bool = False
+    """torch.compile the encoder/predictor blocks (Inductor, frozen weights): ~45 s once, then
+    ~35 % less backbone time per AR step; worth it from a few hundred images on."""
+
+    def prepare_model(self, model):
+        """Apply ``--compile`` to a loaded model (in place); returns it."""
+        if self.compile:
+            from djepa.core.compile import compile_backbone_for_sampling
+
+            compile_backbone_for_sampling(model)
+        return model
 
     def sampler_config(self, num_unknown_tokens: int):
         """The :class:`~djepa.core.config.SamplerConfig` for ``num_unknown_tokens`` to generate.
