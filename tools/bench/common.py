@@ -112,6 +112,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "load_avg_1_5_15": load_average(),
         "malloc": "glibc, freed memory kept (djepa.core.cpu_malloc)" if _MALLOC["tuned"] else "system default",
+        "cpu_dropout_rng": _dropout_rng(),
     }
     try:
         import deepspeed  # noqa: F401 - version only
@@ -131,9 +132,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def setup_threads(threads: int | None, malloc: str = "tuned") -> None:
-    """Torch CPU threads, and glibc malloc: ``tuned`` keeps freed memory mapped as every djepa
-    CLI does (``djepa.core.cpu_malloc``), ``system`` leaves glibc's defaults."""
+def setup_threads(threads: int | None, malloc: str = "tuned", dropout_rng: str = "numpy") -> None:
+    """Torch CPU threads; glibc malloc: ``tuned`` keeps freed memory mapped as every djepa
+    CLI does (``djepa.core.cpu_malloc``), ``system`` leaves glibc's defaults; the CPU dropout
+    mask source (``djepa.core.dropout``: ``numpy`` default, ``torch`` = torch's generator)."""
+    from djepa.core.dropout import set_cpu_dropout_rng
+
+    set_cpu_dropout_rng(dropout_rng)
     if threads:
         torch.set_num_threads(threads)
     if malloc == "tuned":
@@ -143,6 +148,12 @@ def setup_threads(threads: int | None, malloc: str = "tuned") -> None:
 
 
 _MALLOC: dict[str, bool] = {"tuned": False}
+
+
+def _dropout_rng() -> str:
+    from djepa.core.dropout import cpu_dropout_rng
+
+    return cpu_dropout_rng()
 
 
 # ---------------------------------------------------------------------------- timing
@@ -373,6 +384,8 @@ def add_common_args(ap) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU only)")
     ap.add_argument("--malloc", default="tuned", choices=("tuned", "system"),
                     help="glibc malloc: keep freed memory mapped as the CLIs do (tuned), or defaults")
+    ap.add_argument("--dropout-rng", default="numpy", choices=("numpy", "torch"),
+                    help="CPU dropout masks: NumPy PCG64 (djepa default) or torch's generator")
     ap.add_argument("--token-dim", type=int, default=16, help="token channels (presets)")
     ap.add_argument("--grid", type=int, nargs="+", default=[16, 16], help="token grid (presets)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (presets)")

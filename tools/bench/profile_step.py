@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="write the table text here")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    C.setup_threads(args.threads, args.malloc)
+    C.setup_threads(args.threads, args.malloc, args.dropout_rng)
     cfg = C.config_from_args(args)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     load = C.load_average()

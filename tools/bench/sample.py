@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     if device.type == "cpu":
-        C.setup_threads(args.threads, args.malloc)
+        C.setup_threads(args.threads, args.malloc, args.dropout_rng)
     cfg = C.config_from_args(args, loss_kind=args.head)
     load_before = C.load_average()
     res = run(cfg, batch=args.batch, device=device, ar_steps=args.ar_steps,

@@ -6,6 +6,7 @@
 * bf16 autocast vs fp32 (training step and sampling);
 * CFG as one doubled batch (what ``djepa.core.sampler.generate`` does) vs two passes (a
   comparison variant written here only: two backbone passes and two denoising-MLP calls per step);
+* CPU dropout masks from NumPy PCG64 (``djepa.core.dropout``, the default) vs torch's generator;
 * glibc malloc keeping freed memory (``djepa.core.cpu_malloc``, what the CLIs do) vs glibc's
   defaults (CPU only: a process-wide setting, so each row is its own ``sample.py`` /
   ``train_step.py`` subprocess).
@@ -109,11 +110,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--denoise-steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--skip", nargs="*", default=[], choices=("kernel", "compile", "precision", "cfg", "malloc"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("kernel", "compile", "precision", "cfg", "malloc", "dropout"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
-        C.setup_threads(args.threads, args.malloc)
+        C.setup_threads(args.threads, args.malloc, args.dropout_rng)
     from djepa.core.config import SamplerConfig
     from djepa.core.sampler import generate
 
@@ -198,6 +199,16 @@ def main(argv=None) -> dict:
             add("cfg", f"doubled batch {prec}", what, one / args.sample_batch, "s/img")
             add("cfg", f"two passes {prec}", what, two / args.sample_batch, "s/img")
 
+    # CPU dropout masks: NumPy PCG64 (default) vs torch's generator (training step, bf16)
+    if "dropout" not in args.skip and device.type == "cpu":
+        from djepa.core.dropout import cpu_dropout_rng, set_cpu_dropout_rng
+
+        before = cpu_dropout_rng()
+        for rng in ("torch", "numpy"):
+            set_cpu_dropout_rng(rng)
+            ms, sps = train("bf16")
+            add("dropout", f"{rng} masks", "train ms/step bf16", ms, "ms", f"{sps:.1f} samples/s")
+        set_cpu_dropout_rng(before)
     # glibc malloc: kept freed memory vs defaults (subprocesses; bf16 as the CLIs run)
     if "malloc" not in args.skip and device.type == "cpu":
         here = Path(__file__).resolve().parent

@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     if device.type == "cpu":
-        C.setup_threads(args.threads, args.malloc)
+        C.setup_threads(args.threads, args.malloc, args.dropout_rng)
     cfg = C.config_from_args(args, loss_kind=args.loss, prediction=not args.no_prediction_loss)
     peak_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peaks = {"fp32": C.matmul_peak(device, torch.float32),

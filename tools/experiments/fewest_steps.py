@@ -66,6 +66,8 @@ def main() -> int:
     ap.add_argument("--solvers", default="euler,heun", help="flow models only")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true",
+                    help="compile the backbone for sampling (djepa.core.compile), as image-sample --compile")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -76,6 +78,10 @@ def main() -> int:
     from djepa.image.sample import load_generator
 
     model, tokenizer, _ = load_generator(args.checkpoint)
+    if args.compile:
+        from djepa.core.compile import compile_backbone_for_sampling
+
+        compile_backbone_for_sampling(model)
     clf = fit_reference_classifier(args.dataset, args.data_dir if args.dataset != "digits" else None)
     print(f"reference classifier: {100 * clf.heldout_accuracy:.1f} % on held-out real images", flush=True)
     extractor = real = None
@@ -86,6 +92,13 @@ def main() -> int:
         real = real_features(args.real_features, args.data_dir, extractor)
     labels = torch.arange(model.config.num_classes).repeat(args.num_per_class)  # i mod classes
     solvers = args.solvers.split(",") if model.config.loss.kind == "flow" else ["ddpm"]
+    if args.compile:  # compile outside the timings: a 2-image run through every AR step's shapes
+        t0 = time.perf_counter()
+        warm = SamplerConfig(num_ar_steps=args.ar_steps or min(model.config.seq_len, 64),
+                             cfg_scale=args.cfg, num_denoise_steps=2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            generate(model, labels[:2], warm, generator=torch.Generator().manual_seed(0))
+        print(f"compiled the backbone in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
     for solver in solvers:
         for s in (int(x) for x in args.steps.split(",")):
@@ -118,6 +131,8 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump(dict(checkpoint=args.checkpoint, dataset=args.dataset, cfg=args.cfg,
                            temperature=args.temperature, num_images=len(labels),
+                           ar_steps=args.ar_steps or min(model.config.seq_len, 64),
+                           compiled_backbone=args.compile,
                            heldout_real_accuracy=clf.heldout_accuracy, rows=rows), f, indent=2)
     return 0
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from djepa.core.norms import RMSNorm
+from djepa.core.dropout import Dropout, cpu_dropout_rng, dropout
+from djepa.core.norms import RMSNorm, no_autocast
 from djepa.core.rope import apply_rope
 
 __all__ = ["KERNELS", "attention_kernel", "Attention", "MLP"]
@@ -82,7 +83,9 @@ def attention_kernel(
         # A sample with no valid key: attend to everything (finite), zero its output below.
         key_padding_mask = key_padding_mask & ~all_pad[:, None]
 
-    if kernel == "sdpa":
+    if kernel == "sdpa" and dropout_p > 0.0 and q.device.type == "cpu" and cpu_dropout_rng() == "numpy":
+        out = _math_attention(q, k, v, key_padding_mask, dropout_p)
+    elif kernel == "sdpa":
         attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     else:
@@ -105,6 +108,21 @@ def attention_kernel(
     if all_pad is not None:
         out = out.masked_fill(all_pad[:, None, None, None], 0.0)
     return out
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+                    dropout_p: float) -> Tensor:
+    """SDPA's math path written out, so that the attention-probability dropout takes its mask
+    from :func:`djepa.core.dropout.dropout` (CPU training with dropout; SDPA itself would use
+    the math path there too). Scores and softmax in float32 (bf16 scores would round logits of
+    size ~10 by 0.06), probabilities back in ``q.dtype`` for the product with v, as flash
+    attention does. Returns ``[B, H, Lq, d]`` in ``q.dtype``."""
+    with no_autocast(q.device):  # autocast would cast the float32 scores' inputs back down
+        s = torch.matmul(q.float(), k.float().transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        if key_padding_mask is not None:
+            s = s.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        a = torch.softmax(s, dim=-1).to(v.dtype)
+    return torch.matmul(dropout(a, dropout_p), v).to(q.dtype)
 
 
 class Attention(nn.Module):
@@ -153,9 +171,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * attn_dim, bias=qkv_bias)
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = Dropout(attn_drop)
         self.proj = nn.Linear(attn_dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     @property
     def dropout_p(self) -> float:
@@ -220,9 +238,9 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
