@@ -20,27 +20,25 @@ def numpy_rng():
     D.set_cpu_dropout_rng(old)
 
 
-def test_mask_is_bernoulli_keep_scaled_and_reproducible(numpy_rng):
+def test_keep_mask_is_bernoulli_and_reproducible(numpy_rng):
     p, n = 0.1, 1_000_000
     torch.manual_seed(0)
-    m = D.dropout_mask((1000, 1000), p, torch.float32)
-    values = torch.unique(m).tolist()
-    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p))
-    keep = (m > 0).double()
+    keep = D.dropout_keep((1000, 1000), p)
+    assert keep.dtype == torch.bool and keep.shape == (1000, 1000)
+    k = keep.double()
     sigma = math.sqrt(p * (1 - p) / n)
-    assert abs(keep.mean().item() - (1 - p)) < 5 * sigma
-    # no structure along either axis (rows / columns / parity keep the same rate)
-    assert (keep.mean(0) - (1 - p)).abs().max() < 6 * math.sqrt(p * (1 - p) / 1000)
-    assert abs(keep[:, ::2].mean().item() - keep[:, 1::2].mean().item()) < 10 * sigma
+    assert abs(k.mean().item() - (1 - p)) < 5 * sigma
+    # no structure along either axis (columns / parity keep the same rate)
+    assert (k.mean(0) - (1 - p)).abs().max() < 6 * math.sqrt(p * (1 - p) / 1000)
+    assert abs(k[:, ::2].mean().item() - k[:, 1::2].mean().item()) < 10 * sigma
     torch.manual_seed(0)
-    assert torch.equal(D.dropout_mask((1000, 1000), p, torch.float32), m)  # torch seed decides
-    assert not torch.equal(D.dropout_mask((1000, 1000), p, torch.float32), m)  # next draw differs
-    assert D.dropout_mask((4, 5), p, torch.bfloat16).dtype == torch.bfloat16
+    assert torch.equal(D.dropout_keep((1000, 1000), p), keep)  # torch's seed decides
+    assert not torch.equal(D.dropout_keep((1000, 1000), p), keep)  # the next draw differs
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        D.dropout_mask((3,), 1.0, torch.float32)
+        D.dropout_keep((3,), 1.0)
 
 
-def test_dropout_module_train_eval_and_gradient(numpy_rng):
+def test_dropout_values_gradient_and_identity_cases(numpy_rng):
     drop = D.Dropout(0.25)
     assert isinstance(drop, torch.nn.Dropout) and drop.state_dict() == {}
     x = torch.randn(64, 32, requires_grad=True)
@@ -49,14 +47,31 @@ def test_dropout_module_train_eval_and_gradient(numpy_rng):
     torch.manual_seed(3)
     y = drop(x)
     torch.manual_seed(3)
-    mask = D.dropout_mask(x.shape, 0.25, x.dtype)
-    assert torch.equal(y, x * mask)
+    keep = D.dropout_keep(x.shape, 0.25)
+    torch.testing.assert_close(y, torch.where(keep, x / 0.75, 0.0), atol=0, rtol=1e-6)
     y.sum().backward()
-    assert torch.equal(x.grad, mask)  # d(x·mask)/dx
+    torch.testing.assert_close(x.grad, keep.float() / 0.75, atol=0, rtol=1e-6)
     assert D.Dropout(0.0).train()(x) is x
+    assert torch.equal(D.dropout(x, 1.0), torch.zeros_like(x))  # as F.dropout, not an error
+    # other devices keep torch's own dropout (here: the meta device, shape only)
+    m = D.dropout(torch.empty(4, 5, device="meta"), 0.5)
+    assert m.device.type == "meta" and m.shape == (4, 5)
 
 
-def test_torch_rng_switch_gives_torchs_own_dropout():
+def test_bf16_dropout_is_unbiased(numpy_rng):
+    # torch's CPU kernel rounds the scale 1/0.9 to bf16 (1.109375): every kept value shrinks by
+    # 0.16 %. Scaling x in float and rounding once per element leaves only zero-mean rounding.
+    torch.manual_seed(0)
+    x = (1 + torch.rand(2_000_000)).bfloat16()
+    y = D.dropout(x, 0.1)
+    kept = y != 0
+    ratio = (y[kept].double() / x[kept].double()).mean().item()
+    assert abs(ratio - 1 / 0.9) < 2e-4, ratio
+    torch_ratio = (F.dropout(x, 0.1)[kept].double() / x[kept].double())  # for contrast
+    assert abs(torch_ratio[torch_ratio > 0].mean().item() - 1 / 0.9) > 1e-3
+
+
+def test_torch_rng_switch_gives_torchs_own_dropout(monkeypatch):
     old = D.cpu_dropout_rng()
     try:
         D.set_cpu_dropout_rng("torch")
@@ -67,8 +82,23 @@ def test_torch_rng_switch_gives_torchs_own_dropout():
         assert torch.equal(a, F.dropout(x, 0.1, True))
         with pytest.raises(ValueError, match="numpy"):
             D.set_cpu_dropout_rng("mkl")
+        # the environment variable is read at the first use; a bad value is a clear error
+        monkeypatch.setattr(D, "_rng", None)
+        monkeypatch.setenv("DJEPA_CPU_DROPOUT_RNG", "torch")
+        assert D.cpu_dropout_rng() == "torch"
+        monkeypatch.setattr(D, "_rng", None)
+        monkeypatch.setenv("DJEPA_CPU_DROPOUT_RNG", "pcg")
+        with pytest.raises(ValueError, match="DJEPA_CPU_DROPOUT_RNG"):
+            D.cpu_dropout_rng()
     finally:
         D.set_cpu_dropout_rng(old)
+
+
+def _attention_reference(q, k, v, pad, keep, p):
+    s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if pad is not None:
+        s = s.masked_fill(pad[:, None, None, :], float("-inf"))
+    return (s.softmax(-1) * keep.double() / (1 - p)) @ v.double()
 
 
 def test_attention_dropout_uses_the_mask_on_the_probabilities(numpy_rng):
@@ -81,13 +111,15 @@ def test_attention_dropout_uses_the_mask_on_the_probabilities(numpy_rng):
     torch.manual_seed(11)
     out = attention_kernel(q, k, v, pad, dropout_p=0.2)
     torch.manual_seed(11)
-    mask = D.dropout_mask((2, 3, 5, 5), 0.2, torch.float32).double()
-    s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(8)
-    s = s.masked_fill(pad[:, None, None, :], float("-inf"))
-    ref = (s.softmax(-1) * mask) @ v.double()
-    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    keep = D.dropout_keep((2, 3, 5, 5), 0.2)
+    torch.testing.assert_close(out.double(), _attention_reference(q, k, v, pad, keep, 0.2), atol=1e-5, rtol=1e-5)
+    # float64 stays float64
+    torch.manual_seed(11)
+    out64 = attention_kernel(q.double(), k.double(), v.double(), pad, dropout_p=0.2)
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64, _attention_reference(q, k, v, pad, keep, 0.2), atol=1e-12, rtol=1e-12)
     # without dropout the same function is plain attention (SDPA), mask unused
-    ref0 = s.softmax(-1) @ v.double()
+    ref0 = _attention_reference(q, k, v, pad, torch.ones(2, 3, 5, 5, dtype=torch.bool), 0.0)
     torch.testing.assert_close(attention_kernel(q, k, v, pad).double(), ref0, atol=1e-5, rtol=1e-5)
 
 
@@ -101,7 +133,26 @@ def test_attention_dropout_path_keeps_float32_scores_under_bf16_autocast(numpy_r
         out = attention_kernel(q, k, v, None, dropout_p=0.2)
     assert out.dtype == torch.bfloat16
     torch.manual_seed(11)
-    mask = D.dropout_mask((2, 3, 16, 16), 0.2, torch.float32).double()
-    s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(8)
-    ref = (s.softmax(-1) * mask) @ v.double()
-    assert (out.double() - ref).abs().max() < 0.08
+    keep = D.dropout_keep((2, 3, 16, 16), 0.2)
+    assert (out.double() - _attention_reference(q, k, v, None, keep, 0.2)).abs().max() < 0.08
+    # and the rows of dropped-out probabilities stay unbiased: v = 1 gives mean 1
+    ones = torch.ones(4, 4, 64, 8, dtype=torch.bfloat16)
+    qq = torch.randn(4, 4, 64, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rows = attention_kernel(qq, qq, ones, None, dropout_p=0.1)
+    assert abs(rows.double().mean().item() - 1.0) < 0.01
+
+
+def test_checkpoint_rng_state_records_the_mask_source_and_warns_on_change(numpy_rng, recwarn):
+    from djepa.core.train.checkpoint import rng_state, set_rng_state
+
+    torch.manual_seed(7)
+    state = rng_state()
+    assert state["cpu_dropout"].startswith("numpy (numpy ")
+    a = D.dropout_keep((1000,), 0.5)
+    set_rng_state(state)  # same source: silent, and the next mask repeats
+    assert not [w for w in recwarn if "dropout" in str(w.message)]
+    assert torch.equal(D.dropout_keep((1000,), 0.5), a)
+    state["cpu_dropout"] = "torch (numpy 0.0)"
+    with pytest.warns(UserWarning, match="not bit-identical"):
+        set_rng_state(state)

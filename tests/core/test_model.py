@@ -143,9 +143,10 @@ def test_features_match_the_official_data_flow(pos):
     assert torch.allclose(model.features(x, cond, vis), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("pos", ["learned", "rope"])
-def test_features_at_query_rows_equal_all_features_gathered(pos):
-    model = tiny(pos_embed=pos).double().eval()
+@pytest.mark.parametrize("pos,predictor_depth", [("learned", None), ("rope", None), ("learned", 0)])
+def test_features_at_query_rows_equal_all_features_gathered(pos, predictor_depth):
+    kw = {} if predictor_depth is None else dict(predictor_depth=predictor_depth)
+    model = tiny(pos_embed=pos, **kw).double().eval()
     b, n = 3, model.num_tokens
     x = torch.randn(b, n, 4, dtype=torch.float64)
     cond = model.condition(torch.tensor([1, 4, 9]))

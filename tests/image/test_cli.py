@@ -230,3 +230,12 @@ def test_compile_flag_compiles_the_loaded_model_before_sampling(trained, tmp_pat
     events.clear()
     assert sample_cli.main(args + ["--overwrite"]) == 0
     assert events == [("generate",)]
+    # image-inpaint shares the flag
+    from djepa.image import inpaint as inpaint_cli
+
+    img = tmp_path / "x.png"
+    Image.new("L", (8, 8), 40).save(img)
+    events.clear()
+    assert inpaint_cli.main(["--checkpoint", str(trained), "--image", str(img), "--box", "0,0,4,4",
+                             "--denoise-steps", "2", "--output-dir", str(tmp_path / "i"), "--compile"]) == 0
+    assert events == [("compile", "DJEPA"), ("generate",)]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from djepa.core.dropout import Dropout, cpu_dropout_rng, dropout
+from djepa.core.dropout import Dropout, dropout, uses_numpy_masks
 from djepa.core.norms import RMSNorm, no_autocast
 from djepa.core.rope import apply_rope
 
@@ -60,7 +60,9 @@ def attention_kernel(
         key_padding_mask: ``[B, Lk]`` bool, True = padding (never attended to), or None.
         dropout_p: attention-probability dropout; the caller passes 0 in eval mode.
         kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``, any device) or ``"xformers"``
-            (``xformers.ops.memory_efficient_attention``, CUDA only).
+            (``xformers.ops.memory_efficient_attention``, CUDA only). With ``"sdpa"``, CPU
+            training with dropout uses the same math written out in float32 so that the
+            dropout mask comes from :mod:`djepa.core.dropout` (NumPy PCG64).
 
     Returns:
         ``[B, H, Lq, d]`` in ``q.dtype``. Samples whose keys are all padding give zeros.
@@ -83,7 +85,7 @@ def attention_kernel(
         # A sample with no valid key: attend to everything (finite), zero its output below.
         key_padding_mask = key_padding_mask & ~all_pad[:, None]
 
-    if kernel == "sdpa" and dropout_p > 0.0 and q.device.type == "cpu" and cpu_dropout_rng() == "numpy":
+    if kernel == "sdpa" and 0.0 < dropout_p < 1.0 and uses_numpy_masks(q):
         out = _math_attention(q, k, v, key_padding_mask, dropout_p)
     elif kernel == "sdpa":
         attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
@@ -112,17 +114,22 @@ def attention_kernel(
 
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
                     dropout_p: float) -> Tensor:
-    """SDPA's math path written out, so that the attention-probability dropout takes its mask
-    from :func:`djepa.core.dropout.dropout` (CPU training with dropout; SDPA itself would use
-    the math path there too). Scores and softmax in float32 (bf16 scores would round logits of
-    size ~10 by 0.06), probabilities back in ``q.dtype`` for the product with v, as flash
-    attention does. Returns ``[B, H, Lq, d]`` in ``q.dtype``."""
-    with no_autocast(q.device):  # autocast would cast the float32 scores' inputs back down
-        s = torch.matmul(q.float(), k.float().transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    """SDPA's CPU math path written out, so that the attention-probability dropout takes its
+    mask from :func:`djepa.core.dropout.dropout` (CPU training with dropout, where SDPA would
+    use its math path too). Scores, softmax and dropout in (at least) float32 with autocast
+    off; the dropped-out probabilities then meet v in v's dtype, as in flash attention on GPU
+    (bf16 P·V with float accumulation; all-float32 P·V cost 20 % of a bf16 reference-tiny
+    training step on CPU). Result in ``q.dtype``.
+
+    Shapes: q ``[B, H, Lq, d]``, k/v ``[B, H, Lk, d]``; returns ``[B, H, Lq, d]``.
+    """
+    dt = torch.promote_types(q.dtype, torch.float32)
+    with no_autocast(q.device):  # autocast would cast the float32 matmuls back down
+        s = torch.matmul(q.to(dt), k.to(dt).transpose(-2, -1)) * (q.shape[-1] ** -0.5)
         if key_padding_mask is not None:
             s = s.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        a = torch.softmax(s, dim=-1).to(v.dtype)
-    return torch.matmul(dropout(a, dropout_p), v).to(q.dtype)
+        a = dropout(torch.softmax(s, dim=-1), dropout_p).to(v.dtype)
+    return torch.matmul(a, v).to(q.dtype)
 
 
 class Attention(nn.Module):

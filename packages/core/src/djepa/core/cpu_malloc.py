@@ -29,8 +29,12 @@ import platform
 
 __all__ = ["keep_freed_memory", "DEFAULT_THRESHOLD_BYTES"]
 
-#: Blocks below this size come from the heap and stay mapped after ``free`` (1 GiB).
-DEFAULT_THRESHOLD_BYTES = 1 << 30
+#: Blocks below this size come from the heap and stay mapped after ``free``; also the most
+#: free heap a process keeps (256 MiB: above reference-tiny's largest activations, bounded
+#: for DataLoader workers, which inherit the setting).
+DEFAULT_THRESHOLD_BYTES = 256 << 20
+#: glibc's documented maximum of ``M_MMAP_THRESHOLD`` on 64-bit (older versions refuse more).
+_DOCUMENTED_MMAP_MAX = 32 << 20
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -42,8 +46,9 @@ def _reason_to_skip() -> str | None:
         return "DJEPA_MALLOC=system"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        return "MALLOC_*_THRESHOLD_ set by the user"
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) \
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return "malloc thresholds set by the user (MALLOC_*_THRESHOLD_ / GLIBC_TUNABLES)"
     if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return "another allocator is preloaded"
     return None
@@ -62,7 +67,9 @@ def keep_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
     Returns:
         True when the settings are in effect; False when nothing was changed: not Linux/glibc,
         ``DJEPA_MALLOC=system``, the user already set ``MALLOC_MMAP_THRESHOLD_`` /
-        ``MALLOC_TRIM_THRESHOLD_``, or jemalloc/tcmalloc/mimalloc is in ``LD_PRELOAD``.
+        ``MALLOC_TRIM_THRESHOLD_`` / ``GLIBC_TUNABLES=glibc.malloc…``, jemalloc/tcmalloc/
+        mimalloc is in ``LD_PRELOAD``, or glibc refused both values. A glibc that refuses an
+        mmap threshold above its documented 32 MiB maximum gets 32 MiB.
 
     Raises:
         ValueError: ``threshold_bytes`` out of range.
@@ -80,7 +87,10 @@ def keep_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # mmap first: setting M_MMAP_THRESHOLD also turns off glibc's dynamic threshold.
-    ok = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1 and mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1
+    # Setting M_MMAP_THRESHOLD also turns off glibc's dynamic threshold.
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1 or (
+        threshold_bytes > _DOCUMENTED_MMAP_MAX and mallopt(_M_MMAP_THRESHOLD, _DOCUMENTED_MMAP_MAX) == 1)
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1
+    ok = mmap_ok and trim_ok
     _applied = threshold_bytes if ok else None
     return ok

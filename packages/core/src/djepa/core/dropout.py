@@ -24,12 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout", "dropout", "dropout_mask", "set_cpu_dropout_rng", "cpu_dropout_rng"]
+__all__ = ["Dropout", "dropout", "dropout_keep", "uses_numpy_masks", "set_cpu_dropout_rng", "cpu_dropout_rng"]
 
 _RNG_CHOICES = ("numpy", "torch")
-_rng = os.environ.get("DJEPA_CPU_DROPOUT_RNG", "numpy").strip().lower() or "numpy"
-if _rng not in _RNG_CHOICES:
-    raise ValueError(f"DJEPA_CPU_DROPOUT_RNG must be one of {_RNG_CHOICES}, got {_rng!r}")
+_rng: str | None = None  # None: read DJEPA_CPU_DROPOUT_RNG at the first dropout call
 
 
 def set_cpu_dropout_rng(name: str) -> None:
@@ -46,27 +44,39 @@ def set_cpu_dropout_rng(name: str) -> None:
 
 
 def cpu_dropout_rng() -> str:
-    """The current CPU mask source (``"numpy"`` or ``"torch"``)."""
+    """The current CPU mask source (``"numpy"`` or ``"torch"``); the first call reads the
+    ``DJEPA_CPU_DROPOUT_RNG`` environment variable (default ``numpy``).
+
+    Raises:
+        ValueError: the variable holds another value (a CLI prints it as one line).
+    """
+    global _rng
+    if _rng is None:
+        name = os.environ.get("DJEPA_CPU_DROPOUT_RNG", "").strip().lower() or "numpy"
+        if name not in _RNG_CHOICES:
+            raise ValueError(f"DJEPA_CPU_DROPOUT_RNG must be one of {_RNG_CHOICES}, got {name!r}")
+        _rng = name
     return _rng
 
 
-def _uses_numpy(x: Tensor) -> bool:
-    return _rng == "numpy" and x.device.type == "cpu"
+def uses_numpy_masks(x: Tensor) -> bool:
+    """Whether dropout on ``x`` takes its mask from :func:`dropout_keep`: a CPU tensor, the
+    ``numpy`` source, and not while ``torch.compile`` traces (NumPy calls would break graphs;
+    compiled code keeps torch's own dropout)."""
+    return x.device.type == "cpu" and cpu_dropout_rng() == "numpy" and not torch.compiler.is_compiling()
 
 
-def dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype,
-                 device: torch.device | str = "cpu") -> Tensor:
-    """Scaled keep-mask: ``1 / (1 − p)`` with probability ``1 − p``, else 0, i.i.d.
+def dropout_keep(shape: tuple[int, ...] | torch.Size, p: float) -> Tensor:
+    """Keep-mask ``u < 1 − p`` of i.i.d. float32 uniforms ``u`` (``Bernoulli(1 − p)``), on CPU.
 
-    One int64 is drawn from torch's global generator to seed a NumPy PCG64 stream, which fills
-    float32 uniforms ``u``; kept where ``u < 1 − p``.
+    One int64 is drawn from torch's global generator to seed a fresh NumPy PCG64 stream, so
+    ``torch.manual_seed`` / a restored torch RNG state decide the mask.
 
     Args:
-        shape: mask shape. p: drop probability in ``[0, 1)``. dtype: mask dtype (the input's).
-        device: where the mask goes (drawn on the host).
+        shape: mask shape. p: drop probability in ``[0, 1)``.
 
     Returns:
-        ``shape`` tensor of ``dtype``.
+        ``shape`` bool tensor on CPU, True = kept.
 
     Raises:
         ValueError: ``p`` outside ``[0, 1)``.
@@ -76,20 +86,28 @@ def dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dty
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     u = np.random.Generator(np.random.PCG64(seed)).random(int(np.prod(shape, dtype=np.int64)),
                                                          dtype=np.float32)
-    keep = torch.from_numpy(u < np.float32(1.0 - p)).reshape(shape)
-    return keep.to(device=device, dtype=dtype).mul_(1.0 / (1.0 - p))
+    return torch.from_numpy(u < np.float32(1.0 - p)).reshape(shape)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """``F.dropout(x, p, training)`` with the CPU mask from :func:`dropout_mask` (see module doc).
+    """``F.dropout(x, p, training)``; on CPU the mask comes from :func:`dropout_keep` (module doc).
 
-    Shapes: any; returns ``x``'s shape and dtype. Autograd: the gradient is ``grad · mask``.
+    ``y = (x · 1/(1 − p)) · keep``: the scale is applied as a float (torch's CPU kernel rounds
+    it to the input dtype first: 1/0.9 → 1.109 in bf16, a 0.16 % shrink of every kept value).
+    ``p >= 1`` and non-CPU tensors go to ``F.dropout``.
+
+    Shapes: any; returns ``x``'s shape and dtype. Autograd: the gradient is ``grad · keep / (1 − p)``.
+
+    Raises:
+        ValueError: ``p < 0`` (from ``F.dropout`` / :func:`dropout_keep`).
     """
     if not training or p == 0.0:
         return x
-    if not _uses_numpy(x):
+    if p >= 1.0 or not uses_numpy_masks(x):
         return F.dropout(x, p, training)
-    return x * dropout_mask(x.shape, p, x.dtype, x.device)
+    # bool → uint8 view → dtype is ~4x faster than a bool → dtype cast on CPU
+    keep = dropout_keep(x.shape, p).view(torch.uint8).to(device=x.device, dtype=x.dtype)
+    return (x * (1.0 / (1.0 - p))).mul_(keep)
 
 
 class Dropout(nn.Dropout):

@@ -240,6 +240,9 @@ class FeaturePredictor(nn.Module):
 
         Returns:
             ``z: [B, N, P]``, or ``[B, Q, P]`` with ``query_idx``.
+
+        Raises:
+            RuntimeError: a ``query_idx`` entry outside ``[0, N)`` (from ``torch.gather``).
         """
         h = self.embed(context)
         b, nb = h.shape[0], self.buffer_size

@@ -9,7 +9,8 @@ growing linearly with the revealed fraction, MAR/Muse). Tokens given up front (`
 + ``known_mask``) are never changed: the same loop then does inpainting / outpainting (App. D.4).
 
 Work that does not depend on the step is done once: orders, the schedule, condition and null
-embeddings. The feature predictor's last block computes only the rows revealed at each step. Steps that reveal nothing (possible when K > N) skip the network entirely, and the
+embeddings. The feature predictor's last block computes only the rows revealed at each
+step. Steps that reveal nothing (possible when K > N) skip the network entirely, and the
 batch is doubled for CFG only when ``cfg_scale != 1``.
 """
 

@@ -158,16 +158,35 @@ def prune(root: Path, keep_last: int, protect: str) -> list[str]:
     return removed
 
 
+def _dropout_stream() -> str:
+    """What decides CPU dropout masks (``djepa.core.dropout``): source and NumPy version (PCG64
+    streams are not promised stable across NumPy versions, NEP 19)."""
+    from djepa.core.dropout import cpu_dropout_rng
+
+    return f"{cpu_dropout_rng()} (numpy {np.__version__})"
+
+
 def rng_state() -> dict[str, Any]:
-    """RNG states of torch (CPU and every CUDA device), numpy and python."""
+    """RNG states of torch (CPU and every CUDA device), numpy and python, and the CPU dropout
+    mask source."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                             "python": random.getstate()}
+                             "python": random.getstate(), "cpu_dropout": _dropout_stream()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`. Warns (and goes on: the masks have the same distribution) when
+    the checkpoint's CPU dropout mask source differs from this process's, since the resumed run
+    then draws other masks than an uninterrupted one would have."""
+    saved, now = state.get("cpu_dropout"), _dropout_stream()
+    if saved is not None and saved != now:
+        import warnings
+
+        warnings.warn(f"checkpoint drew CPU dropout masks from {saved}, this run from {now}: "
+                      f"the resumed run is not bit-identical to an uninterrupted one "
+                      f"(set DJEPA_CPU_DROPOUT_RNG to match)", stacklevel=2)
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
