@@ -12,7 +12,7 @@ from torch import nn
 
 from djepa.image.kl16 import KL16Config, diffusers_to_ldm_vae, kl16_diffusers_config, ldm_to_diffusers_vae
 from djepa.image.tokenizer import PixelTokenizer, Tokenizer
-from djepa.image.vae import VAETokenizer, load_autoencoder, load_vae, parse_vae_spec, vae_tokenizer_from_description
+from djepa.image.vae import load_autoencoder, load_vae, parse_vae_spec, vae_tokenizer_from_description
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TAEF2 = SHARED / "taef2-tiny-vae-weights"

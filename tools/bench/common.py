@@ -205,8 +205,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, *, size: int | None = 
 class PeakMemory:
     """Peak memory over a region: CUDA ``max_memory_allocated`` or the process's peak RSS.
 
-    On CPU the reported peak is ``ru_maxrss`` (the whole process's high-water mark, in MiB,
-    including the interpreter and torch itself), as the issue asks (RSS).
+    On CPU the reported peak is the process's RSS high-water mark (``VmHWM`` on Linux, else
+    ``ru_maxrss``; in MiB, including the interpreter and torch itself), as the issue asks (RSS).
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -223,6 +223,12 @@ class PeakMemory:
     def peak_mib(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:  # VmHWM: this process's own peak (ru_maxrss carries a parent's peak across exec)
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+        except OSError:
+            pass
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux

@@ -96,8 +96,10 @@ def tables() -> str:
     for d in rows:
         if d.get("benchmark") != "switches":
             continue
-        lines += ["", f"### Switches (`{d['_file']}`)", "",
-                  "| switch | variant | measured | value | unit | note | load |", "|---|---|---|---:|---|---|---:|"]
+        lines += ["", f"### Switches (`{d['_file']}`)", ""]
+        if d.get("note"):
+            lines += [f"Note: {d['note']}.", ""]
+        lines += ["| switch | variant | measured | value | unit | note | load |", "|---|---|---|---:|---|---|---:|"]
         for r in d["rows"]:
             v = "n/a" if r["value"] is None else f"{r['value']:.3f}" if r["value"] < 100 else f"{r['value']:.0f}"
             lines.append(f"| {r['switch']} | {r['variant']} | {r['what']} | {v} | {r['unit']} | {r['note']} | {r['load']:.1f} |")

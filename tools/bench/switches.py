@@ -165,6 +165,7 @@ def main(argv=None) -> dict:
         for prec in ("fp32", "bf16"):
             for comp in (False, True):
                 try:
+                    torch._dynamo.reset()  # a frame that hit the recompile limit stays eager otherwise
                     t0 = time.perf_counter()
                     ms, sps = train(prec, compile_=comp)
                     note = f"first run incl. compile {time.perf_counter() - t0:.0f} s" if comp else ""
@@ -176,6 +177,7 @@ def main(argv=None) -> dict:
         cfg = C.build_config(args.config, token_dim=args.token_dim, grid=tuple(args.grid),
                              num_classes=args.num_classes)
         for comp in (False, True):
+            torch._dynamo.reset()  # the training rows above compiled Block.forward too
             r = S.run(cfg, batch=args.sample_batch, device=device, ar_steps=args.ar_steps,
                       denoise_steps=args.denoise_steps, cfg_scale=args.cfg, precision="bf16",
                       repeat=args.repeat, split=False, compile_=comp)
