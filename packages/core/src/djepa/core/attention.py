@@ -61,8 +61,9 @@ def attention_kernel(
         dropout_p: attention-probability dropout; the caller passes 0 in eval mode.
         kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``, any device) or ``"xformers"``
             (``xformers.ops.memory_efficient_attention``, CUDA only). With ``"sdpa"``, CPU
-            training with dropout uses the same math written out in float32 so that the
-            dropout mask comes from :mod:`djepa.core.dropout` (NumPy PCG64).
+            training with dropout uses the same math written out (scores, softmax and dropout
+            in float32, P·V in v's dtype) so that the dropout mask comes from
+            :mod:`djepa.core.dropout` (NumPy PCG64).
 
     Returns:
         ``[B, H, Lq, d]`` in ``q.dtype``. Samples whose keys are all padding give zeros.
