@@ -101,6 +101,8 @@ def load_average() -> tuple[float, float, float] | None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, threads, versions, load and (on CUDA) the GPU name."""
+    from djepa.core.dropout import cpu_dropout_rng
+
     flags = cpu_flags()
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
@@ -112,7 +114,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "load_avg_1_5_15": load_average(),
         "malloc": "glibc, freed memory kept (djepa.core.cpu_malloc)" if _MALLOC["tuned"] else "system default",
-        "cpu_dropout_rng": _dropout_rng(),
+        "cpu_dropout_rng": cpu_dropout_rng(),
     }
     try:
         import deepspeed  # noqa: F401 - version only
@@ -148,12 +150,6 @@ def setup_threads(threads: int | None, malloc: str = "tuned", dropout_rng: str =
 
 
 _MALLOC: dict[str, bool] = {"tuned": False}
-
-
-def _dropout_rng() -> str:
-    from djepa.core.dropout import cpu_dropout_rng
-
-    return cpu_dropout_rng()
 
 
 # ---------------------------------------------------------------------------- timing

@@ -71,26 +71,27 @@ def run(cfg, *, batch: int, device: torch.device, ar_steps: int, denoise_steps: 
 
     if split:
         model.token_loss.sample = timed_sample
-    mem = C.PeakMemory(device).__enter__()
+    mem = C.PeakMemory(device)
     try:
-        totals, heads, first_call_s = [], [], None
-        t_start = time.perf_counter()
-        for i in range(warmup + repeat):
-            head_times.clear()
-            C.sync(device)
-            t0 = time.perf_counter()
-            out = once()
-            C.sync(device)
-            dt = time.perf_counter() - t0
-            if i == 0:
-                first_call_s = dt
-            if i == warmup - 1:
-                t_start = time.perf_counter()  # the budget counts timed runs only
-            if i >= warmup:
-                totals.append(dt)
-                heads.append(sum(head_times))
-                if time.perf_counter() - t_start > max_seconds:
-                    break
+        with mem:
+            totals, heads, first_call_s = [], [], None
+            t_start = time.perf_counter()
+            for i in range(warmup + repeat):
+                head_times.clear()
+                C.sync(device)
+                t0 = time.perf_counter()
+                out = once()
+                C.sync(device)
+                dt = time.perf_counter() - t0
+                if i == 0:
+                    first_call_s = dt
+                if i == warmup - 1:
+                    t_start = time.perf_counter()  # the budget counts timed runs only
+                if i >= warmup:
+                    totals.append(dt)
+                    heads.append(sum(head_times))
+                    if time.perf_counter() - t_start > max_seconds:
+                        break
     finally:
         if split:
             del model.token_loss.sample

@@ -66,11 +66,8 @@ class Block(nn.Module):
         Returns:
             ``[B, L, D]``, or ``[B, Q, D]`` with ``query_idx``.
         """
-        if query_idx is None:
-            x = x + self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask)
-            return x + self.mlp(self.norm2(x))
         o = self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask, query_idx=query_idx)
-        x = gather_rows(x, query_idx) + o
+        x = (x if query_idx is None else gather_rows(x, query_idx)) + o
         return x + self.mlp(self.norm2(x))
 
 

@@ -76,7 +76,7 @@ def compile_backbone_for_sampling(model: nn.Module, *, freeze_weights: bool = Tr
         blocks = [*model.encoder.blocks, *model.predictor.blocks]
     except AttributeError as e:
         raise TypeError(f"expected a DJEPA-like model with encoder/predictor blocks, got {type(model).__name__}") from e
-    if getattr(model, _MARK, False):
+    if is_compiled_for_sampling(model):
         return model
     try:  # fill norms.no_autocast's per-device cache now: its first lookup cannot be traced
         no_autocast(next(model.parameters()).device)

@@ -255,15 +255,12 @@ class FeaturePredictor(nn.Module):
         if self.pos_embed is not None:
             x = torch.cat([x[:, :nb], x[:, nb:] + self.pos_embed.to(x.dtype)], dim=1)
         rope = None if self.rope is None else self.rope.with_buffer(nb, None, x.device)
-        if query_idx is None:
-            for block in self.blocks:
-                x = block(x, rope=rope)
-            return self.norm(x)[:, nb:]
-        for block in self.blocks[:-1]:
-            x = block(x, rope=rope)
-        rows = query_idx + nb
-        x = self.blocks[-1](x, rope=rope, query_idx=rows) if len(self.blocks) else gather_rows(x, rows)
-        return self.norm(x)
+        rows = None if query_idx is None else query_idx + nb
+        if rows is not None and not len(self.blocks):
+            x = gather_rows(x, rows)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope=rope, query_idx=rows if i == len(self.blocks) - 1 else None)
+        return self.norm(x)[:, nb:] if rows is None else self.norm(x)
 
 
 class DJEPA(PretrainedMixin, nn.Module):
