@@ -113,8 +113,8 @@ def test_config_file_supplies_defaults_and_launcher_args_are_ignored(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("max-steps: 7\npatch_size: 4\nlr: null\nprediction_loss_weight: 0\n")
     cfg = parse(train_cli.ImageTrainConfig, ["--config", str(f), "--patch-size", "1", "--local_rank=1"])
-    assert cfg.max_steps == 7 and cfg.patch_size == 1  # command line wins over the file
-    assert cfg.lr is None and cfg.prediction_loss_weight == 0.0
+    assert cfg.train.max_steps == 7 and cfg.patch_size == 1  # command line wins over the file
+    assert cfg.train.lr is None and cfg.model.prediction_loss_weight == 0.0
     g = tmp_path / "s.json"
     g.write_text('{"checkpoint": "runs/x", "cfg": 2.5}')  # a required flag may come from the file
     scfg = parse(sample_cli.ImageSampleConfig, ["--config", str(g), "--local_rank", "0"])
@@ -134,6 +134,24 @@ def test_resume_into_a_folder_of_another_run_is_refused(trained, tmp_path, capsy
     assert rc == 2
     assert "different 'model' configuration" in _error_line(capsys)
     assert (trained / "checkpoints" / "latest").read_text() == before
+
+
+def test_a_run_folder_of_the_flat_config_era_resumes(trained, tmp_path):
+    # config.json's "image" section was the flat ImageTrainConfig before the core dataclasses were
+    # nested (no engine-only keys, resume spelled "auto"); such a folder still resumes.
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(trained, run)
+    saved = json.loads((run / "config.json").read_text())
+    new_keys = ("betas", "eps", "max_nonfinite_steps", "stop_at_step", "tensorboard", "progress_bar",
+                "verify_checksums", "deepspeed_log_level")
+    assert set(new_keys) <= set(saved["image"]) and saved["image"]["batch_size"] == 8  # flat keys
+    saved["image"] = {k: v for k, v in saved["image"].items() if k not in new_keys}
+    (run / "config.json").write_text(json.dumps(saved))
+    rc = train_cli.main(TINY + ["--max-steps", "4", "--resume", "yes", "--output-dir", str(run)])
+    assert rc == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
 
 
 @pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="shared data folder absent")

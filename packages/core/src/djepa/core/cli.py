@@ -1,9 +1,13 @@
 """Shared plumbing for the modality CLIs: dataclass → command line (tyro), config files, and
 one-line errors.
 
-Every CLI is a frozen dataclass of flags. :func:`parse` builds the parser from it with tyro
-(``--data-dir`` style flags, ``--help`` from the field docstrings) and accepts
-``--config FILE.{yaml,yml,json}`` whose keys become the defaults (flags on the command line win).
+Every CLI is a frozen dataclass of flags; it may nest the core's own dataclasses (e.g. a
+:class:`~djepa.core.train.TrainConfig` field and a :class:`~djepa.core.config.ModelSpec` field)
+instead of re-declaring their fields. :func:`parse` builds the parser from it with tyro
+(``--data-dir`` style flags, ``--help`` from the field docstrings) with the nesting prefixes
+omitted (``tyro.conf.OmitArgPrefixes``: ``--max-steps``, not ``--train.max-steps``), and accepts
+``--config FILE.{yaml,yml,json}`` whose flat keys (the flag names) become the defaults (flags on
+the command line win). :func:`flag_fields` / :func:`flat_dict` give the same flat view in code.
 :func:`run_main` turns expected failures into one ``prog: error: …`` line on stderr and exit
 status 2, with no traceback.
 """
@@ -15,9 +19,9 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
-__all__ = ["UserError", "parse", "load_config_file", "run_main"]
+__all__ = ["UserError", "parse", "load_config_file", "run_main", "flag_fields", "flat_dict"]
 
 T = TypeVar("T")
 
@@ -48,6 +52,48 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of flag: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def flag_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """Flat flag key (``max_steps``; the flag is ``--max-steps``) → attribute path in ``cls``
+    (``("train", "max_steps")``), recursing into nested dataclass fields, whose prefixes are
+    omitted. A field annotated ``Annotated[T, tyro.conf.arg(name=...)]`` uses that name
+    (``TrainConfig.micro_batch_size`` is ``batch_size``).
+
+    Raises:
+        TypeError: two fields would get the same flag.
+    """
+    import tyro
+
+    arg_type = type(tyro.conf.arg())
+    hints = get_type_hints(cls, include_extras=True)
+    out: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        base, meta = (get_args(typ)[0], get_args(typ)[1:]) if get_origin(typ) is Annotated else (typ, ())
+        if isinstance(base, type) and dataclasses.is_dataclass(base):
+            items = [(k, (f.name, *path)) for k, path in flag_fields(base).items()]
+        else:
+            name = next((m.name for m in meta if isinstance(m, arg_type) and m.name), f.name)
+            items = [(name.replace("-", "_"), (f.name,))]
+        for key, path in items:
+            if key in out:
+                raise TypeError(f"{cls.__name__}: flag --{key.replace('_', '-')} is declared twice "
+                                f"({'.'.join(out[key])} and {'.'.join(path)})")
+            out[key] = path
+    return out
+
+
+def flat_dict(cfg: Any) -> dict[str, Any]:
+    """The flat ``{flag key: value}`` view of a (nested) CLI config: the keys a ``--config``
+    file uses; tuples become lists (JSON-safe)."""
+    out = {}
+    for key, path in flag_fields(type(cfg)).items():
+        value = cfg
+        for name in path:
+            value = getattr(value, name)
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _file_values_as_args(values: dict[str, Any]) -> list[str]:
@@ -84,7 +130,8 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None =
     """Parse ``argv`` into the dataclass ``cls``; ``--config FILE`` supplies defaults.
 
     Values from the file are turned into flags placed before the command line's own, so they
-    are type-checked the same way and flags given on the command line win.
+    are type-checked the same way and flags given on the command line win. Nested dataclass
+    fields are parsed without their prefix (:func:`flag_fields`).
 
     Raises:
         UserError: bad config file, or keys in it that ``cls`` does not have.
@@ -106,14 +153,14 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None =
             rest.append(a)
     if path is not None:
         values = load_config_file(path)
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = set(flag_fields(cls))
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"config file {path} has unknown keys {unknown}")
         rest = _file_values_as_args(values) + rest
     desc = (description or (cls.__doc__ or "")).strip()
     desc += "\n\nAll flags can also come from a YAML/JSON file: --config FILE (flags given win)."
-    return tyro.cli(cls, args=rest, prog=prog, description=desc)
+    return tyro.cli(cls, args=rest, prog=prog, description=desc, config=(tyro.conf.OmitArgPrefixes,))
 
 
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "SamplerConfig",
     "PRESETS",
     "preset",
+    "ModelSpec",
     "config_to_dict",
     "config_from_dict",
 ]
@@ -194,13 +195,21 @@ class SamplerConfig:
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
 
 
-# Preset widths/depths: paper / official release (B, L, H) and a CPU-test size.
+# Preset widths/depths: paper / official release (B, L, H), a CPU-test size (tiny) and the CPU
+# run size of the CLIs' defaults (small: ≈1.3 M parameters, like the official code's CPU
+# reference run; no dropout, 4 buffer tokens, denoising MLP 3×128).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         encoder_dim=64, encoder_depth=2, encoder_heads=4,
         predictor_dim=64, predictor_depth=2, predictor_heads=4,
         buffer_size=4, attn_dropout=0.0, proj_dropout=0.0,
         loss=dict(mlp_depth=2, mlp_width=64),
+    ),
+    "small": dict(
+        encoder_dim=128, encoder_depth=3, encoder_heads=4,
+        predictor_dim=128, predictor_depth=3, predictor_heads=4,
+        buffer_size=4, attn_dropout=0.0, proj_dropout=0.0,
+        loss=dict(mlp_depth=3, mlp_width=128),
     ),
     "B": dict(
         encoder_dim=768, encoder_depth=12, encoder_heads=12,
@@ -221,7 +230,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> DJEPAConfig:
-    """Build a :class:`DJEPAConfig` from a named preset (``tiny``, ``B``, ``L``, ``H``).
+    """Build a :class:`DJEPAConfig` from a named preset (``tiny``, ``small``, ``B``, ``L``, ``H``).
 
     ``overrides`` replace top-level fields; ``loss=dict(...)`` (or a :class:`LossConfig`)
     updates the loss fields on top of the preset's.
@@ -269,3 +278,38 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model choice a training CLI exposes: a named preset (:data:`PRESETS`) plus the few
+    settings users pick per run; the data decide token dim, grid and classes (:meth:`build`).
+
+    Every modality's CLI nests this (flags ``--preset``, ``--loss``, ``--beta-schedule``,
+    ``--prediction-loss-weight``, ``--pos-embed``); defaults are the core's own
+    (:class:`LossConfig`, :class:`DJEPAConfig`), a modality only changes ``preset``.
+    """
+
+    preset: Literal["tiny", "small", "B", "L", "H"] = "B"
+    """Model size: tiny (CPU tests), small (CPU runs), or the paper's B / L / H."""
+    loss: Literal["diffusion", "flow"] = LossConfig.kind
+    """Per-token loss: diffusion (Eq. 4) or flow matching (Eq. 7)."""
+    beta_schedule: Literal["linear", "cosine"] = LossConfig.beta_schedule
+    """Diffusion β schedule: linear (paper App. B) or cosine (MAR code)."""
+    prediction_loss_weight: float = LossConfig.prediction_weight
+    """Weight of the JEPA prediction loss L_p; 0 = the MAR baseline (Table 6)."""
+    pos_embed: Literal["learned", "rope"] = DJEPAConfig.pos_embed
+    """Positions: learned tables (official code) or axial RoPE."""
+
+    def build(self, *, token_dim: int, grid: tuple[int, ...], num_classes: int,
+              **overrides: Any) -> DJEPAConfig:
+        """The :class:`DJEPAConfig` of this preset and choices for the data's token dim, grid
+        and number of classes (``overrides`` as in :func:`preset`).
+
+        Raises:
+            KeyError: unknown preset. ValueError: an invalid combination (the config's checks).
+        """
+        loss = dict(kind=self.loss, beta_schedule=self.beta_schedule,
+                    prediction_weight=self.prediction_loss_weight)
+        return preset(self.preset, token_dim=token_dim, grid=tuple(grid), num_classes=num_classes,
+                      pos_embed=self.pos_embed, loss=loss, **overrides)

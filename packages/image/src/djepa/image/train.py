@@ -13,26 +13,44 @@ Run as ``image-train …``, ``python -m djepa.image.train …``, or under a laun
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, flat_dict, parse, run_main
+from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
+from djepa.core.train.config import TrainConfig
 
-__all__ = ["ImageTrainConfig", "build_model_config", "run", "main"]
+__all__ = ["ImageTrainConfig", "IMAGE_TRAIN_DEFAULTS", "build_model_config", "run", "main"]
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
+# The engine settings of the CPU default run where they deviate from the paper's (core
+# TrainConfig defaults): ten minutes on two cores, so a fixed lr 1e-3 with 200 warm-up steps,
+# EMA 0.999 ramped over 500 steps (0.9999 suits 400+ epoch runs), and denser checkpoints, sample
+# grids and logs. Everything else is the core's default.
+IMAGE_TRAIN_DEFAULTS: dict = dict(
+    output_dir="runs/image", max_steps=3000, micro_batch_size=64, lr=1e-3, warmup_steps=200,
+    ema_decay=0.999, ema_warmup_steps=500, checkpoint_every=500, sample_every=1000, log_every=50)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(**IMAGE_TRAIN_DEFAULTS)
 
 
 @dataclass(frozen=True)
 class ImageTrainConfig:
     """Train a class-conditional D-JEPA image generator (paper §3, §4.1)."""
+
+    # The model and engine settings are the core's dataclasses, nested (their flags keep no
+    # prefix: --preset, --max-steps, --batch-size; djepa.core.cli.parse); the fields here are the
+    # image data, tokenizer and sample-grid flags.
 
     dataset: Literal["digits", "idx", "imagefolder"] = "digits"
     """Data set: scikit-learn digits (embedded), IDX files (MNIST / Fashion-MNIST) or an
@@ -43,62 +61,10 @@ class ImageTrainConfig:
     """Side in pixels the images are resized / centre-cropped to (default: 8 digits, 28 IDX)."""
     patch_size: int = 2
     """Pixels per token side: N = (image_size / patch_size)² tokens of C·p² channels."""
-    preset: Literal["tiny", "small", "B", "L", "H"] = "small"
-    """Model size: tiny (CPU tests), small (CPU runs), or the paper's B / L / H."""
-    loss: Literal["diffusion", "flow"] = "diffusion"
-    """Per-token loss: diffusion (Eq. 4) or flow matching (Eq. 7)."""
-    beta_schedule: Literal["linear", "cosine"] = "linear"
-    """Diffusion β schedule: linear (paper App. B) or cosine (MAR code)."""
-    prediction_loss_weight: float = 1.0
-    """Weight of the JEPA prediction loss L_p; 0 = the MAR baseline (Table 6)."""
-    pos_embed: Literal["learned", "rope"] = "learned"
-    """Positions: learned tables (official code) or 2-D axial RoPE."""
-    batch_size: int = 64
-    """Micro-batch per process; global batch = batch_size × grad_accum × processes."""
-    grad_accum: int = 1
-    """Gradient-accumulation steps per optimizer step."""
-    max_steps: int = 3000
-    """Optimizer steps of the run."""
-    lr: float | None = 1e-3
-    """Peak learning rate; None = blr × global_batch / 256."""
-    blr: float = 1e-4
-    """Base learning rate per 256 samples (used when --lr is None)."""
-    warmup_steps: int = 200
-    """Linear learning-rate warm-up (optimizer steps)."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """After warm-up: constant (paper) or cosine decay to --min-lr."""
-    min_lr: float = 0.0
-    """Floor of the cosine schedule."""
-    weight_decay: float = 0.02
-    """AdamW weight decay (none on biases, norms, embeddings/tokens, denoising MLP, projector)."""
-    weight_decay_end: float | None = None
-    """When set, weight decay goes linearly from --weight-decay to this over the run (paper: 0.02 → 0.2)."""
-    ema_decay: float = 0.999
-    """EMA decay of the target encoder / sampling weights (paper 0.9999 for 400+ epoch runs)."""
-    ema_warmup_steps: int = 500
-    """Linear ramp of the EMA decay over this many steps (0 = constant)."""
-    grad_clip: float = 3.0
-    """Gradient-norm clip."""
-    output_dir: str = "runs/image"
-    """Run folder: checkpoints, TensorBoard logs, samples, config, pretrained/ export."""
-    checkpoint_every: int = 500
-    """Checkpoint period in steps (and always at the end or on SIGINT/SIGTERM)."""
-    keep_last: int = 2
-    """Complete checkpoints kept."""
-    sample_every: int = 1000
-    """Sample-grid period in steps (0 = never)."""
-    log_every: int = 50
-    """TensorBoard scalar period in steps."""
-    seed: int = 0
-    """Seed of data order, masks, noise and the model init."""
-    resume: Literal["auto", "yes", "no"] = "auto"
-    """auto: continue from the last complete checkpoint in --output-dir if there is one."""
-    zero_stage: int = 1
-    """DeepSpeed ZeRO stage (0, 1 or 2)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    """fp32, bf16 (autocast, fp32 master weights and EMA) or fp16 (DeepSpeed loss scaling)."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small"))
+    """The model: a core preset (default small, the CPU run size) and the loss / position choices."""
+    train: TrainConfig = field(default_factory=_default_train)
+    """The training engine (core TrainConfig; CPU-run defaults IMAGE_TRAIN_DEFAULTS)."""
     sample_ar_steps: int = 16
     """AR steps of the sample grids written during training."""
     sample_cfg: float = 3.0
@@ -114,33 +80,17 @@ class ImageTrainConfig:
     """Train on an image-cache-latents folder (posterior sampled per step, flip p = 0.5)."""
 
 
-def _preset_overrides(preset: str) -> tuple[str, dict]:
-    """``small``: the CPU size used by the defaults (≈1.3 M parameters, like the official
-    code's CPU reference run): width 128, 3+3 blocks, 4 heads, 4 buffer tokens, MLP 3×128."""
-    if preset == "small":
-        return "tiny", dict(encoder_dim=128, encoder_depth=3, encoder_heads=4,
-                            predictor_dim=128, predictor_depth=3, predictor_heads=4,
-                            buffer_size=4, attn_dropout=0.0, proj_dropout=0.0,
-                            loss=dict(mlp_depth=3, mlp_width=128))
-    return preset, {}
-
-
 def build_model_config(cfg: ImageTrainConfig, *, channels: int, image_size: int, num_classes: int):
-    """The :class:`~djepa.core.config.DJEPAConfig` for this run's data and flags.
+    """The :class:`~djepa.core.config.DJEPAConfig` for this run's data and flags
+    (:meth:`ModelSpec.build <djepa.core.config.ModelSpec.build>` on the patch grid).
 
     Raises:
         UserError: image size not divisible by the patch size.
     """
-    from djepa.core.config import preset
-
     if image_size % cfg.patch_size:
         raise UserError(f"image size {image_size} is not divisible by patch size {cfg.patch_size}")
-    name, overrides = _preset_overrides(cfg.preset)
     g = image_size // cfg.patch_size
-    loss = dict(overrides.pop("loss", {}), kind=cfg.loss, beta_schedule=cfg.beta_schedule,
-                prediction_weight=cfg.prediction_loss_weight)
-    return preset(name, token_dim=channels * cfg.patch_size ** 2, grid=(g, g), num_classes=num_classes,
-                  pos_embed=cfg.pos_embed, loss=loss, **overrides)
+    return cfg.model.build(token_dim=channels * cfg.patch_size ** 2, grid=(g, g), num_classes=num_classes)
 
 
 def _is_rank0() -> bool:
@@ -161,7 +111,7 @@ def run(cfg: ImageTrainConfig) -> int:
     from djepa.core.model import DJEPA
     from djepa.core.sampler import generate
     from djepa.core.config import SamplerConfig, config_to_dict
-    from djepa.core.train import TrainConfig, train
+    from djepa.core.train import train
     from djepa.image.datasets import build_dataset
     from djepa.image.tokenizer import PixelTokenizer
 
@@ -182,10 +132,11 @@ def run(cfg: ImageTrainConfig) -> int:
     model_cfg = build_model_config(cfg, channels=tokenizer.latent_channels if latent else channels,
                                    image_size=tokenizer.latent_size[0] if latent else image_size,
                                    num_classes=num_classes)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     model = DJEPA(model_cfg)
 
-    out = Path(cfg.output_dir)
+    train_cfg = cfg.train
+    out = Path(train_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)]))
     if latent:
@@ -208,24 +159,15 @@ def run(cfg: ImageTrainConfig) -> int:
     def sample_fn(ema_module, step):
         dev = next(ema_module.parameters()).device
         tokens = generate(ema_module, grid_labels.to(dev), sampler_cfg,
-                          generator=torch.Generator(device=dev).manual_seed(cfg.seed),
+                          generator=torch.Generator(device=dev).manual_seed(cfg.train.seed),
                           clip_range=tokenizer.value_range)
         return tokenizer.decode(tokens.float().cpu())
 
-    train_cfg = TrainConfig(
-        output_dir=str(out), max_steps=cfg.max_steps, micro_batch_size=cfg.batch_size,
-        grad_accum_steps=cfg.grad_accum, blr=cfg.blr, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        lr_schedule=cfg.lr_schedule, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-        weight_decay_end=cfg.weight_decay_end, grad_clip=cfg.grad_clip, zero_stage=cfg.zero_stage,
-        precision=cfg.precision, ema_decay=cfg.ema_decay, ema_warmup_steps=cfg.ema_warmup_steps,
-        checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, sample_every=cfg.sample_every,
-        log_every=cfg.log_every, seed=cfg.seed, num_workers=cfg.num_workers,
-        resume={"auto": "auto", "yes": True, "no": False}[cfg.resume])
     data_info = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size,
                      vae=cfg.vae, cached_latents=cfg.cached_latents)
     result = train(model, dataset, train_cfg, prepare_batch=latent.prepare_batch if latent else prepare_batch,
-                   sample_fn=sample_fn if cfg.sample_every else None,
-                   config_to_save={"image": dataclasses.asdict(cfg), "model": config_to_dict(model_cfg),
+                   sample_fn=sample_fn if train_cfg.sample_every else None,
+                   config_to_save={"image": flat_dict(cfg), "model": config_to_dict(model_cfg),
                                    "tokenizer": tok_info, "data": data_info},
                    must_match=("model", "tokenizer", "data"))
     export = out / "pretrained"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 __all__ = ["TrainConfig", "deepspeed_config"]
 
@@ -18,6 +20,9 @@ __all__ = ["TrainConfig", "deepspeed_config"]
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything the engine needs besides the model and the data.
+
+    The CLIs nest this class (:func:`djepa.core.cli.parse`, no prefix: ``--max-steps``);
+    ``micro_batch_size`` / ``grad_accum_steps`` keep the flags ``--batch-size`` / ``--grad-accum``.
 
     Attributes:
         output_dir: run directory (``checkpoints/``, ``tensorboard/``, ``samples/``,
@@ -34,13 +39,16 @@ class TrainConfig:
         weight_decay: AdamW weight decay (start value when ``weight_decay_end`` is set).
         weight_decay_end: when set, wd goes linearly from ``weight_decay`` to this value over the
             run (paper: 0.02 → 0.2).
-        betas / eps: AdamW hyper-parameters.
+        betas: AdamW (β1, β2).
+        eps: AdamW ε.
         grad_clip: global gradient-norm clip (0 disables).
         zero_stage: DeepSpeed ZeRO stage 0, 1 or 2 (3 is refused: see ``engine``).
         precision: ``"fp32"``; ``"bf16"`` = fp32 master weights + ``torch.autocast(bfloat16)``
             forward; ``"fp16"`` = DeepSpeed fp16 with dynamic loss scaling.
-        ema_decay / ema_warmup_steps: see :class:`djepa.core.ema.EMA`; on resume these
-            configured values are used (the EMA weights and update count are restored).
+        ema_decay: EMA decay of the target encoder / sampling weights
+            (:class:`djepa.core.ema.EMA`; on resume the configured value is used, the EMA weights
+            and update count are restored).
+        ema_warmup_steps: linear ramp of the EMA decay over this many steps (0 = constant).
         checkpoint_every: write a checkpoint every N steps (and always at the end / on stop).
         keep_last: number of complete checkpoints kept.
         sample_every: call ``sample_fn`` every N steps (0 = never).
@@ -50,18 +58,20 @@ class TrainConfig:
         max_nonfinite_steps: stop with an error after this many consecutive steps with a
             non-finite loss or gradient.
         resume: ``"auto"`` (resume if a complete checkpoint exists), ``True`` (must resume) or
-            ``False`` (must start fresh; refuses a directory that already has checkpoints).
+            ``False`` (must start fresh; refuses a directory that already has checkpoints);
+            ``"yes"`` / ``"no"`` (the CLI spelling) are stored as ``True`` / ``False``.
         stop_at_step: end this invocation after this step (checkpoint written), leaving the
             schedules defined over ``max_steps`` — for time-limited jobs and resume tests.
-        tensorboard / progress_bar: observability switches (rank 0 only).
+        tensorboard: write TensorBoard scalars (rank 0 only).
+        progress_bar: show a tqdm progress bar (rank 0 only).
         verify_checksums: record and verify sha256 of every checkpoint file (sizes always).
         deepspeed_log_level: level of DeepSpeed's own logger.
     """
 
     output_dir: str
     max_steps: int
-    micro_batch_size: int
-    grad_accum_steps: int = 1
+    micro_batch_size: Annotated[int, tyro.conf.arg(name="batch_size")]
+    grad_accum_steps: Annotated[int, tyro.conf.arg(name="grad_accum")] = 1
     blr: float = 1e-4
     lr: float | None = None
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -83,7 +93,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     max_nonfinite_steps: int = 20
-    resume: bool | Literal["auto"] = "auto"
+    resume: bool | Literal["auto", "yes", "no"] = "auto"
     stop_at_step: int | None = None
     tensorboard: bool = True
     progress_bar: bool = True
@@ -93,6 +103,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_dir", str(Path(self.output_dir)))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.resume in ("yes", "no"):
+            object.__setattr__(self, "resume", self.resume == "yes")
         for name in ("max_steps", "micro_batch_size", "grad_accum_steps", "checkpoint_every",
                      "keep_last", "log_every", "max_nonfinite_steps"):
             if int(getattr(self, name)) < 1:
