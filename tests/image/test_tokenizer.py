@@ -79,3 +79,24 @@ def test_protocol():
     tok = PixelTokenizer(1, 8, 2)
     assert isinstance(tok, Tokenizer)
     assert not isinstance(object(), Tokenizer)
+
+
+def test_pixel_tokenizer_json_round_trip_through_the_core_registry():
+    import json
+
+    from djepa.core.tokenizer import tokenizer_from_config
+
+    for tok in (PixelTokenizer(3, 12, 3), PixelTokenizer(1, (8, 12), 4)):
+        record = json.loads(json.dumps(tok.to_config()))
+        again = tokenizer_from_config(record)
+        assert type(again) is PixelTokenizer
+        assert (again.channels, again.image_size, again.patch_size) == (tok.channels, tok.image_size, tok.patch_size)
+        x = torch.rand(2, tok.channels, *tok.image_size, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(again.encode(x), tok.encode(x))
+    # the record image-train wrote before the protocol existed (tokenizer.json) still loads
+    old = {"kind": "pixel", "channels": 1, "image_size": 8, "patch_size": 2, "value_range": [-1.0, 1.0],
+           "class_names": ["0", "1"]}
+    assert PixelTokenizer(1, 8, 2).to_config() == {k: v for k, v in old.items() if k != "class_names"}
+    assert tokenizer_from_config(old).grid == (4, 4)
+    with pytest.raises(ValueError, match="does not divide"):
+        tokenizer_from_config(dict(old, patch_size=3))

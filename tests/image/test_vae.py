@@ -286,6 +286,15 @@ def test_diffusers_spec_uses_config_scale_and_shift(tmp_path):
     torch.testing.assert_close(tok.encode(x)[0, 0, 5], (mean[0, 5, 0, 0] - 0.25) * 0.7)
     rebuilt = vae_tokenizer_from_description(tok.describe())
     assert torch.equal(rebuilt.encode(x), tok.encode(x))
+    # the core Tokenizer protocol: JSON round-trip through the registry (kind "vae")
+    import json
+
+    from djepa.core.tokenizer import Tokenizer, tokenizer_from_config
+
+    assert isinstance(tok, Tokenizer) and tok.value_range is None
+    again = tokenizer_from_config(json.loads(json.dumps(tok.to_config())))
+    assert type(again) is type(tok) and again.to_config() == tok.to_config()
+    assert torch.equal(again.encode(x), tok.encode(x)) and torch.equal(again.decode(tok.encode(x)), tok.decode(tok.encode(x)))
     with pytest.raises(ValueError, match="bad VAE spec"):
         parse_vae_spec("sdxl:/x")
     with pytest.raises(FileNotFoundError):

@@ -4,46 +4,24 @@ D-JEPA (paper §3, App. C) models an image as a set of ``N`` continuous tokens o
 ``D_tok``: the latents of a VAE (KL-16, ``D_tok = 16 · p²``) or, for raw pixels, non-overlapping
 ``p × p`` patches. :class:`Tokenizer` is the interface the engine and CLIs rely on;
 :class:`PixelTokenizer` is the weight-free raw-pixel implementation (MAR's ``patchify`` /
-``unpatchify`` order), VAE tokenizers implement the same protocol.
+``unpatchify`` order), VAE tokenizers (:mod:`djepa.image.vae`) implement the same protocol, the
+core's :class:`djepa.core.tokenizer.Tokenizer` (re-exported here): ``encode`` takes images
+``[B, C, H, W]`` float in ``[0, 1]``, ``decode`` returns them, ``grid`` is ``(rows, cols)``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor
+
+from djepa.core.tokenizer import Tokenizer, register_tokenizer
 
 __all__ = ["PixelTokenizer", "Tokenizer", "fraction_outside"]
 
 
-@runtime_checkable
-class Tokenizer(Protocol):
-    """What a tokenizer provides to the D-JEPA engine.
-
-    * ``encode(images)``: ``[B, C, H, W]`` float in ``[0, 1]`` → tokens ``[B, N, D_tok]``
-      float, ``N = grid[0] · grid[1]`` in row-major grid order.
-    * ``decode(tokens)``: ``[B, N, D_tok]`` → images ``[B, C, H, W]`` float (in ``[0, 1]``
-      unless asked not to clamp).
-    * ``token_dim``: ``D_tok``.
-    * ``grid``: ``(rows, cols)`` of the token grid (the TokenGrid / RoPE positions).
-    * ``value_range``: ``(lo, hi)`` that encoded data occupies exactly (so a sampler may clip
-      its ``x0`` estimate to it), or ``None`` when unbounded (VAE latents).
-    """
-
-    @property
-    def token_dim(self) -> int: ...
-
-    @property
-    def grid(self) -> tuple[int, int]: ...
-
-    @property
-    def value_range(self) -> tuple[float, float] | None: ...
-
-    def encode(self, images: Tensor) -> Tensor: ...
-
-    def decode(self, tokens: Tensor) -> Tensor: ...
-
-
+@register_tokenizer
 class PixelTokenizer:
     """Raw-pixel patchify tokenizer.
 
@@ -61,6 +39,8 @@ class PixelTokenizer:
     Raises:
         ValueError: non-positive sizes or a patch size that does not divide the image size.
     """
+
+    kind: ClassVar[str] = "pixel"
 
     def __init__(self, channels: int, image_size: int | tuple[int, int], patch_size: int) -> None:
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -151,6 +131,24 @@ class PixelTokenizer:
         x = x.reshape(b, self.channels, self.height, self.width)
         x = (x + 1.0) / 2.0
         return x.clamp(0.0, 1.0) if clamp else x
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-safe record (``tokenizer.json``): ``kind``, ``channels``, ``image_size`` (an int
+        when square, else ``[H, W]``), ``patch_size``, ``value_range``."""
+        size = self.height if self.height == self.width else [self.height, self.width]
+        return dict(kind=self.kind, channels=self.channels, image_size=size, patch_size=self.patch_size,
+                    value_range=list(self.value_range))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PixelTokenizer:
+        """Inverse of :meth:`to_config` (other keys, e.g. a run's ``class_names``, are ignored).
+
+        Raises:
+            KeyError: a missing field. ValueError: bad sizes (as the constructor).
+        """
+        size = config["image_size"]
+        return cls(int(config["channels"]), tuple(size) if isinstance(size, list) else int(size),
+                   int(config["patch_size"]))
 
     def __repr__(self) -> str:
         return (

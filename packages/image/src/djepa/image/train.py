@@ -139,11 +139,7 @@ def run(cfg: ImageTrainConfig) -> int:
     out = Path(train_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)]))
-    if latent:
-        tok_info = dict(tokenizer.describe(), class_names=class_names)
-    else:
-        tok_info = dict(kind="pixel", channels=channels, image_size=image_size, patch_size=cfg.patch_size,
-                        value_range=list(tokenizer.value_range), class_names=class_names)
+    tok_info = dict(tokenizer.to_config(), class_names=class_names)  # djepa.core.tokenizer record
     if _is_rank0():
         atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
 

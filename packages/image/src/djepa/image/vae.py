@@ -4,7 +4,7 @@ FIDELITY.md "Latents").
 D-JEPA (like MAR) models ImageNet images as the latents of a KL-regularised VAE: a 256×256 image
 becomes a ``16 × 16 × 16`` latent (KL-16), each latent pixel one token (``p = 1``) — or ``p × p``
 latent patches with ``D_tok = C_lat · p²``. :class:`VAETokenizer` implements the
-:class:`~djepa.image.tokenizer.Tokenizer` protocol on top of a latent autoencoder:
+:class:`~djepa.core.tokenizer.Tokenizer` protocol (kind ``"vae"``) on top of a latent autoencoder:
 
 ``encode``: images ``[0, 1]`` → the autoencoder's input range (``2v − 1`` for KL VAEs, unchanged for
 TAESD) → posterior moments ``(mean, logvar)`` → ``z`` = mean (default) or a posterior sample
@@ -31,11 +31,14 @@ Autoencoders are named by a spec string (:func:`load_vae`, the ``--vae`` flag):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from djepa.core.tokenizer import register_tokenizer
 
 __all__ = [
     "DETERMINISTIC_LOGVAR",
@@ -219,9 +222,10 @@ def _as_channel_tensor(v: float | Sequence[float], c: int, name: str) -> Tensor:
     return t.expand(c).clone().reshape(1, c, 1, 1)
 
 
+@register_tokenizer
 class VAETokenizer:
     """Images ↔ tokens through a frozen latent autoencoder (module docstring; ``Tokenizer``
-    protocol of :mod:`djepa.image.tokenizer`).
+    protocol of :mod:`djepa.core.tokenizer`, kind ``"vae"``).
 
     Args:
         autoencoder: a :class:`LatentAutoencoder`.
@@ -237,6 +241,8 @@ class VAETokenizer:
     Raises:
         ValueError: sizes that do not divide, bad scale / shift.
     """
+
+    kind: ClassVar[str] = "vae"
 
     def __init__(self, autoencoder: LatentAutoencoder, image_size: int | tuple[int, int], patch_size: int = 1,
                  scale: float | Sequence[float] | None = None, shift: float | Sequence[float] | None = None,
@@ -427,6 +433,16 @@ class VAETokenizer:
                     patch_size=self.patch_size, scale=plain(self.scale_value), shift=plain(self.shift_value),
                     latent_channels=self.latent_channels, downsample=self.downsample,
                     deterministic=self.deterministic, channels=3, value_range=None)
+
+    def to_config(self) -> dict[str, Any]:
+        """The :class:`~djepa.core.tokenizer.Tokenizer` record: :meth:`describe`."""
+        return self.describe()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VAETokenizer:
+        """Rebuild from :meth:`to_config` (loads the VAE weights the record names; errors as
+        :func:`vae_tokenizer_from_description`)."""
+        return vae_tokenizer_from_description(dict(config))
 
     def __repr__(self) -> str:
         return (f"VAETokenizer(spec={self.spec!r}, image_size={self.image_size}, patch_size={self.patch_size}, "
