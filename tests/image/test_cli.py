@@ -205,6 +205,30 @@ def test_sampling_from_a_checkpoint_step_uses_its_ema_weights(trained, tmp_path,
     assert sample_cli.main(args) == 0
 
 
+def test_a_trained_run_loads_back_through_core_with_its_tokenizer(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from djepa.core.runs import load_run
+    from djepa.image.tokenizer import PixelTokenizer
+
+    # what image-train recorded: pixels, 8x8 digits, patch 2 (written by hand, not by to_config)
+    expected = {"kind": "pixel", "channels": 1, "image_size": 8, "patch_size": 2, "value_range": [-1.0, 1.0]}
+    export = DJEPA.from_pretrained(trained / "pretrained")
+    for path in (trained, trained / "pretrained", trained / "checkpoints" / "step_00000003"):
+        run = load_run(path)
+        assert isinstance(run.tokenizer, PixelTokenizer) and run.tokenizer.to_config() == expected
+        assert run.tokenizer_config["class_names"] == [str(i) for i in range(10)]
+        assert run.run_dir == trained and run.run_config["image"]["preset"] == "tiny"
+        for (k, a), b in zip(run.model.state_dict().items(), export.state_dict().values(), strict=True):
+            assert torch.equal(a, b), k
+    # a fresh interpreter that imports only djepa.core finds the image tokenizer by its kind
+    code = (f"from djepa.core.runs import load_run; r = load_run({str(trained)!r}); "
+            "print(type(r.tokenizer).__name__, r.tokenizer.grid, r.step)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PixelTokenizer (4, 4) None"
+
+
 def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tmp_path, capsys, monkeypatch):
     from dataclasses import fields
 

@@ -40,105 +40,47 @@ class ImageSampleConfig(SamplerFlags):
 
 
 def resolve_pretrained(path: str | Path) -> Path:
-    """A save_pretrained folder from a training output folder or the folder itself.
+    """A save_pretrained folder from a training output folder or the folder itself
+    (:func:`djepa.core.runs.resolve_run`).
 
     Raises:
         FileNotFoundError: neither ``path/config.json`` nor ``path/pretrained/config.json``.
     """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint folder {p} does not exist")
-    for cand in (p, p / "pretrained"):
-        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
-            return cand
-    raise FileNotFoundError(
-        f"{p} holds no exported model (config.json + model.safetensors, or pretrained/ inside a "
-        f"training folder); if training was interrupted, resume it with image-train --output-dir {p}")
+    from djepa.core.runs import resolve_run
 
-
-def _is_training_checkpoint(p: Path) -> bool:
-    return p.name.startswith("step_") and p.parent.name == "checkpoints" \
-        and (p.parent.parent / "config.json").is_file()
+    return resolve_run(path)[1]
 
 
 def load_checkpoint_ema(step_dir: str | Path, device: torch.device | str = "cpu"):
-    """The EMA weights of one training checkpoint (``RUN/checkpoints/step_XXXXXXXX``) as a model.
-
-    The model config comes from ``RUN/config.json`` (its ``model`` section). ``ema.safetensors``
-    is checked against the checkpoint's manifest (size and sha256) first, so a truncated,
-    corrupt or half-written checkpoint is refused; the other files (DeepSpeed state) are not
-    needed and not read.
+    """The EMA weights of one training checkpoint (``RUN/checkpoints/step_XXXXXXXX``) as a model,
+    verified against the checkpoint's manifest (:func:`djepa.core.runs.load_run`).
 
     Returns:
         ``(model, run_dir)``: the :class:`~djepa.core.model.DJEPA` in eval mode and the run folder.
 
     Raises:
-        djepa.core.train.checkpoint.CheckpointError: no manifest, no EMA file, or an EMA file
-            that does not match the manifest.
-        CheckpointMismatchError: the EMA tensors do not fit the run's model config.
-        ValueError: ``RUN/config.json`` has no model section.
+        As :func:`djepa.core.runs.load_run`.
     """
-    from safetensors.torch import load_file
+    from djepa.core.runs import load_run
 
-    from djepa.core.config import DJEPAConfig, config_from_dict
-    from djepa.core.model import DJEPA
-    from djepa.core.pretrained import load_state_dict_strict
-    from djepa.core.train import checkpoint as ckpt
-
-    step_dir = Path(step_dir)
-    run_dir = step_dir.parent.parent
-    weights = step_dir / "ema.safetensors"
-    manifest = step_dir / ckpt.MANIFEST
-    try:
-        entry = json.loads(manifest.read_text())["files"]["ema.safetensors"]
-    except FileNotFoundError:
-        raise ckpt.CheckpointError(f"{step_dir}: no {ckpt.MANIFEST} (checkpoint incomplete)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ckpt.CheckpointError(f"{manifest}: unreadable or lists no ema.safetensors ({e})") from None
-    if not weights.is_file():
-        raise ckpt.CheckpointError(f"{weights}: missing (the manifest lists it)")
-    if weights.stat().st_size != entry["size"]:
-        raise ckpt.CheckpointError(f"{weights}: size {weights.stat().st_size} bytes, manifest says "
-                                   f"{entry['size']} (truncated or rewritten)")
-    if entry.get("sha256") and ckpt.sha256_file(weights) != entry["sha256"]:
-        raise ckpt.CheckpointError(f"{weights}: sha256 does not match the manifest (corrupt)")
-    meta = json.loads((run_dir / "config.json").read_text())
-    if "model" not in meta:
-        raise ValueError(f"{run_dir / 'config.json'} has no 'model' section (not an image-train run)")
-    model = DJEPA(config_from_dict(DJEPAConfig, meta["model"]))
-    load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
-    return model.to(device).eval(), run_dir
+    run = load_run(step_dir, device, tokenizer=False)
+    return run.model, run.run_dir
 
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu"):
     """Load ``(model, tokenizer, info)`` for sampling from a training output folder (its
     ``pretrained/`` export), a save_pretrained folder, or one training checkpoint
-    ``RUN/checkpoints/step_XXXXXXXX`` (its EMA weights; see :func:`load_checkpoint_ema`)."""
-    from djepa.core.model import DJEPA
-    from djepa.image.tokenizer import PixelTokenizer
+    ``RUN/checkpoints/step_XXXXXXXX`` (its EMA weights): :func:`djepa.core.runs.load_run`;
+    ``info`` is the recorded ``tokenizer.json`` (with ``class_names``).
 
-    if _is_training_checkpoint(Path(path)):
-        model, folder = load_checkpoint_ema(path, device)
-        tok_file = folder / "tokenizer.json"
-    else:
-        folder = resolve_pretrained(path)
-        model = DJEPA.from_pretrained(folder, map_location=device).eval()
-        tok_file = folder / "tokenizer.json"
-        if not tok_file.is_file() and folder.name == "pretrained":  # RUN/pretrained: RUN's file
-            tok_file = folder.parent / "tokenizer.json"
-    if not tok_file.is_file():
-        raise FileNotFoundError(f"{folder} has no tokenizer.json describing the image tokenizer")
-    info = json.loads(tok_file.read_text())
-    if info.get("kind") == "vae":
-        from djepa.image.vae import vae_tokenizer_from_description
+    Raises:
+        As :func:`djepa.core.runs.load_run`.
+    """
+    import djepa.image.tokenizer  # noqa: F401  (registers the image tokenizer kinds)
+    from djepa.core.runs import load_run
 
-        tokenizer = vae_tokenizer_from_description(info)
-    else:
-        tokenizer = PixelTokenizer(info["channels"], info["image_size"], info["patch_size"])
-    if tokenizer.token_dim != model.config.token_dim or tuple(tokenizer.grid) != model.config.grid:
-        raise UserError(f"{tok_file} does not match the model in {folder} "
-                        f"(tokens {tokenizer.token_dim}×{tokenizer.grid} vs {model.config.token_dim}×{model.config.grid})")
-    return model, tokenizer, info
+    run = load_run(path, device)
+    return run.model, run.tokenizer, run.tokenizer_config
 
 
 def parse_classes(spec: str, num_classes: int) -> list[int]:

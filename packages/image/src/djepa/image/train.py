@@ -24,11 +24,10 @@ import torch
 from djepa.core.cli import UserError, flat_dict, parse, run_main
 from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
+from djepa.core.runs import TOKENIZER_FILE
 from djepa.core.train.config import TrainConfig
 
 __all__ = ["ImageTrainConfig", "IMAGE_TRAIN_DEFAULTS", "build_model_config", "run", "main"]
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 # The engine settings of the CPU default run where they deviate from the paper's (core

@@ -87,8 +87,12 @@ def write_manifest(ckpt_dir: Path, *, checksums: bool = True) -> dict[str, Any]:
     return manifest
 
 
-def verify(ckpt_dir: Path, *, checksums: bool = True) -> None:
+def verify(ckpt_dir: Path, *, checksums: bool = True, files: tuple[str, ...] | None = None) -> None:
     """Check ``ckpt_dir`` against its manifest.
+
+    Args:
+        files: check only these manifest entries (e.g. ``("ema.safetensors",)`` to sample from a
+            checkpoint without reading the DeepSpeed state); each must be listed. ``None``: all.
 
     Raises:
         CheckpointError: no (readable) manifest, or a listed file missing, of the wrong size
@@ -99,12 +103,17 @@ def verify(ckpt_dir: Path, *, checksums: bool = True) -> None:
         raise CheckpointError(f"{ckpt_dir}: no {MANIFEST} (checkpoint incomplete)")
     try:
         manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError) as e:
+        listed = manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from e
-    if not files:
+    if not listed:
         raise CheckpointError(f"{mpath}: manifest lists no files")
-    for rel, meta in sorted(files.items()):
+    if files is not None:
+        unlisted = [f for f in files if f not in listed]
+        if unlisted:
+            raise CheckpointError(f"{mpath}: lists no {unlisted[0]}")
+        listed = {f: listed[f] for f in files}
+    for rel, meta in sorted(listed.items()):
         p = ckpt_dir / rel
         if not p.is_file():
             raise CheckpointError(f"{p}: file listed in the manifest is missing")
