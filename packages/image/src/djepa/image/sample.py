@@ -76,7 +76,8 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu"):
     Raises:
         As :func:`djepa.core.runs.load_run`.
     """
-    import djepa.image.tokenizer  # noqa: F401  (registers the image tokenizer kinds)
+    import djepa.image.tokenizer  # noqa: F401  (register the image tokenizer kinds, also where the
+    import djepa.image.vae  # noqa: F401  installed 'djepa.tokenizers' entry points are missing)
     from djepa.core.runs import load_run
 
     run = load_run(path, device)
