@@ -58,6 +58,7 @@ finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupt
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -220,28 +221,6 @@ def _load_ema(path: Path, ema: EMA, device: torch.device) -> float | None:
     return float(meta["decay"]) if "decay" in meta else None
 
 
-def _choose_checkpoint(root: Path, cfg: TrainConfig, obs_log: Callable[[str], None]
-                       ) -> tuple[str | None, str | None]:
-    """(tag to resume from, error message) — rank 0 only."""
-    tags = ckpt.candidate_tags(root)
-    if cfg.resume is False:
-        if tags:
-            return None, (f"{root} already holds checkpoints ({tags[0]} …) and resume=False; "
-                          "use resume='auto' / True or a new output_dir")
-        return None, None
-    for tag in tags:
-        try:
-            ckpt.verify(root / tag, checksums=cfg.verify_checksums)
-            return tag, None
-        except ckpt.CheckpointError as e:
-            msg = f"checkpoint {tag} rejected: {e}; falling back to the previous checkpoint"
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            obs_log("WARNING: " + msg)
-    if cfg.resume is True:
-        return None, f"resume=True but {root} holds no complete, verified checkpoint"
-    return None, None
-
-
 def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world: int,
                              config_to_save: Mapping[str, Any] | None, must_match: tuple[str, ...]) -> None:
     """Refuse to resume a checkpoint written by a different run setup (clear one-line errors).
@@ -273,6 +252,20 @@ def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world:
             f"{cfg.zero_stage} (optimizer state partitioned); resume with {state['world_size']} processes")
 
 
+def _one_writer(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Run ``fn`` holding ``cfg.output_dir``'s lock (:func:`checkpoint.run_folder_lock`)."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> TrainResult:
+        cfg: TrainConfig = kwargs["cfg"] if "cfg" in kwargs else args[2]
+        D.init_distributed()
+        with ckpt.run_folder_lock(Path(cfg.output_dir)):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
           prepare_batch: Callable[[Any, torch.device], Mapping[str, Tensor]] | None = None,
           sample_fn: Callable[[nn.Module, int], Tensor] | None = None,
@@ -311,7 +304,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
         NonFiniteLossError: ``cfg.max_nonfinite_steps`` consecutive steps with a non-finite
             loss or gradient.
         djepa.core.train.checkpoint.CheckpointError: ``resume=True`` without a complete,
-            verified checkpoint.
+            verified checkpoint; no checkpoint verifies although one was confirmed
+            (:func:`~djepa.core.train.checkpoint.choose_checkpoint`); a checkpoint file that
+            references anything but tensors and DeepSpeed's known types (never unpickled);
+            a malformed ``checkpoints/latest``; no space left while writing a checkpoint.
+        djepa.core.train.checkpoint.RunFolderBusy: another live run holds ``output_dir``.
         FileExistsError: ``resume=False`` but ``output_dir`` already holds checkpoints.
 
     Warns:
@@ -342,6 +339,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
                                   fused=True)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(cfg, world))
+    ckpt.safe_checkpoint_engine(engine)  # DeepSpeed's default engine unpickles with any global
     device = engine.device if isinstance(engine.device, torch.device) else torch.device(engine.device)
     ema = EMA(engine.module, decay=cfg.ema_decay, warmup=cfg.ema_warmup_steps or None).to(device)
     groups = engine.optimizer.param_groups
@@ -354,7 +352,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     # --- resume ------------------------------------------------------------------------------
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        tag, err = _choose_checkpoint(root, cfg, obs.log)
+        tag, err = ckpt.choose_checkpoint(root, cfg.resume, checksums=cfg.verify_checksums,
+                                          log=obs.log)
     else:
         tag, err = None, None
     tag, err = D.broadcast_object((tag, err))
@@ -410,28 +409,28 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     def save(step_now: int) -> None:
         tag_now = ckpt.tag_for_step(step_now)
         ckpt_dir = root / tag_now
-        if rank == 0 and ckpt_dir.exists():
-            import shutil
-
-            shutil.rmtree(ckpt_dir)  # a stale, unconfirmed checkpoint with the same tag
-        D.barrier()
-        engine.save_checkpoint(str(root), tag=tag_now, client_state={"djepa_step": step_now},
-                               save_latest=False)
-        ckpt.save_rng(ckpt_dir, rank)
         if rank == 0:
-            _save_ema(ckpt_dir / "ema.safetensors", ema)
-            epoch, batch_index = loader.position
-            trainer_state = dict(state, step=step_now, epoch=epoch, batch_index=batch_index,
-                                 world_size=world, micro_batch_size=cfg.micro_batch_size,
-                                 zero_stage=cfg.zero_stage, precision=cfg.precision,
-                                 grad_accum_steps=gas, ema_num_updates=ema.num_updates,
-                                 train_config=cfg.to_dict())
-            ckpt.atomic_write_text(ckpt_dir / "trainer_state.json",
-                                   json.dumps(trainer_state, indent=1, sort_keys=True))
+            ckpt.set_aside(root, tag_now, obs.log)  # a stale, unconfirmed one with the same tag
         D.barrier()
+        with ckpt.writing(ckpt_dir, rank):
+            engine.save_checkpoint(str(root), tag=tag_now, client_state={"djepa_step": step_now},
+                                   save_latest=False)
+            ckpt.save_rng(ckpt_dir, rank)
+            if rank == 0:
+                _save_ema(ckpt_dir / "ema.safetensors", ema)
+                epoch, batch_index = loader.position
+                trainer_state = dict(state, step=step_now, epoch=epoch, batch_index=batch_index,
+                                     world_size=world, micro_batch_size=cfg.micro_batch_size,
+                                     zero_stage=cfg.zero_stage, precision=cfg.precision,
+                                     grad_accum_steps=gas, ema_num_updates=ema.num_updates,
+                                     train_config=cfg.to_dict())
+                ckpt.atomic_write_text(ckpt_dir / "trainer_state.json",
+                                       json.dumps(trainer_state, indent=1, sort_keys=True))
+            D.barrier()
+            if rank == 0:
+                ckpt.write_manifest(ckpt_dir, checksums=cfg.verify_checksums)
+                ckpt.verify(ckpt_dir, checksums=cfg.verify_checksums)
         if rank == 0:
-            ckpt.write_manifest(ckpt_dir, checksums=cfg.verify_checksums)
-            ckpt.verify(ckpt_dir, checksums=cfg.verify_checksums)
             ckpt.write_latest(root, tag_now)
             ckpt.prune(root, cfg.keep_last, protect=tag_now)
         D.barrier()
