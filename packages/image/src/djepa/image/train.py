@@ -24,6 +24,7 @@ import torch
 
 from djepa.core.cli import UserError, parse, run_main
 from djepa.core.pretrained import atomic_write_text
+from djepa.core.train.checkpoint import one_writer
 
 __all__ = ["ImageTrainConfig", "build_model_config", "run", "main"]
 
@@ -149,6 +150,7 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@one_writer("cfg")  # the tokenizer file and the export are written outside train()
 def run(cfg: ImageTrainConfig) -> int:
     """Train with ``cfg`` (EMA weights exported to ``OUTPUT/pretrained``).
 

@@ -49,6 +49,8 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
+import functools
+import inspect
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ __all__ = ["CheckpointError", "RunFolderBusy", "tag_for_step", "step_of_tag", "s
            "write_manifest", "verify", "read_latest", "write_latest", "candidate_tags",
            "choose_checkpoint", "set_aside", "prune", "writing", "rng_state", "set_rng_state",
            "save_rng", "load_rng", "atomic_write_text", "run_folder_lock",
-           "safe_checkpoint_engine", "deepspeed_safe_globals"]
+           "one_writer", "safe_checkpoint_engine", "deepspeed_safe_globals"]
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -467,6 +469,9 @@ def _lock(out: Path) -> Any:
     return f
 
 
+_HELD: set[str] = set()
+
+
 @contextlib.contextmanager
 def run_folder_lock(out: Path) -> Iterator[None]:
     """Hold ``out``'s lock for the block (call on every rank; rank 0 takes it, before anything
@@ -483,6 +488,11 @@ def run_folder_lock(out: Path) -> Iterator[None]:
     """
     from djepa.core.train import distributed as D
 
+    D.init_distributed()
+    key = str(Path(out).resolve())
+    if key in _HELD:  # nested (a CLI holds it around train()): flock is per open file
+        yield
+        return
     f, err = None, None
     if D.rank() == 0:
         try:
@@ -492,11 +502,31 @@ def run_folder_lock(out: Path) -> Iterator[None]:
     err = D.broadcast_object(err)
     if err is not None:
         raise RunFolderBusy(err)
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         if f is not None:
             f.close()  # releases the flock
+
+
+def one_writer(arg: str = "cfg") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: run the function holding :func:`run_folder_lock` on ``<arg>.output_dir``
+    (``arg`` names the parameter holding a config with an ``output_dir``)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            cfg = sig.bind_partial(*args, **kwargs).arguments[arg]
+            with run_folder_lock(Path(cfg.output_dir)):
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return deco
 
 
 # --- DeepSpeed's files, read without pickle globals --------------------------------------------

@@ -58,7 +58,6 @@ finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupt
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -252,20 +251,7 @@ def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world:
             f"{cfg.zero_stage} (optimizer state partitioned); resume with {state['world_size']} processes")
 
 
-def _one_writer(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
-    """Run ``fn`` holding ``cfg.output_dir``'s lock (:func:`checkpoint.run_folder_lock`)."""
-
-    @functools.wraps(fn)
-    def locked(*args: Any, **kwargs: Any) -> TrainResult:
-        cfg: TrainConfig = kwargs["cfg"] if "cfg" in kwargs else args[2]
-        D.init_distributed()
-        with ckpt.run_folder_lock(Path(cfg.output_dir)):
-            return fn(*args, **kwargs)
-
-    return locked
-
-
-@_one_writer
+@ckpt.one_writer("cfg")
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
           prepare_batch: Callable[[Any, torch.device], Mapping[str, Tensor]] | None = None,
           sample_fn: Callable[[nn.Module, int], Tensor] | None = None,
