@@ -99,17 +99,16 @@ def find_images(root: str | Path) -> list[Path]:
 
 
 def load_image_uint8(path: str | Path) -> Tensor:
-    """One image file → ``[3, H, W] uint8`` RGB (gray / palette / alpha converted by PIL's
-    ``convert('RGB')``: gray values replicated to the three channels, alpha dropped).
+    """One image file → ``[3, H, W] uint8`` RGB (read by :func:`djepa.image.pixels.open_image`:
+    16-bit and float scaled to 8 bits, transparency composited on white, gray replicated).
 
     Raises:
         ValueError: unreadable file (names it).
     """
-    from PIL import Image
+    from djepa.image.pixels import open_image
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        arr = np.asarray(open_image(path, "RGB"), dtype=np.uint8)
     except Exception as e:  # PIL raises several types
         raise ValueError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
