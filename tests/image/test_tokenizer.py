@@ -79,3 +79,21 @@ def test_protocol():
     tok = PixelTokenizer(1, 8, 2)
     assert isinstance(tok, Tokenizer)
     assert not isinstance(object(), Tokenizer)
+
+
+def test_non_finite_tokens_count_as_out_of_range():
+    t = torch.tensor([0.0, float("nan"), float("inf"), -float("inf"), 0.5, 2.0, -0.5, 0.25])
+    assert fraction_outside(t, (-1.0, 1.0)) == pytest.approx(4 / 8)   # nan, ±inf, 2.0
+    assert fraction_outside(t, None) == pytest.approx(3 / 8)
+    assert fraction_outside(torch.full((4,), float("nan")), (-1.0, 1.0)) == 1.0
+
+
+@pytest.mark.parametrize("flag", ["temperature", "cfg"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_sampler_flags_refuse_non_finite_values(flag, value):
+    from djepa.core.cli import UserError
+    from djepa.image.sampler_flags import SamplerFlags
+
+    with pytest.raises(UserError, match="must be finite"):
+        SamplerFlags(**{flag: value}).sampler_config(16)
+    assert SamplerFlags(**{flag: 0.97 if flag == "temperature" else 4.0}).sampler_config(16)

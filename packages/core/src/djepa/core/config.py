@@ -16,6 +16,7 @@ so that it can be written next to every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar, get_type_hints
 
@@ -188,8 +189,13 @@ class SamplerConfig:
             raise ValueError(f"num_ar_steps must be >= 1, got {self.num_ar_steps}")
         if self.num_denoise_steps < 1:
             raise ValueError(f"num_denoise_steps must be >= 1, got {self.num_denoise_steps}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if not math.isfinite(self.cfg_scale):
+            raise ValueError(f"cfg_scale must be finite, got {self.cfg_scale}")
+        if self.flow_time_shift is not None and not (math.isfinite(self.flow_time_shift)
+                                                     and self.flow_time_shift > 0):
+            raise ValueError(f"flow_time_shift must be finite and > 0, got {self.flow_time_shift}")
         if self.cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
 
