@@ -83,7 +83,8 @@ class PretrainedMixin:
 
         Raises:
             FileNotFoundError: no ``config.json`` in ``directory``.
-            ValueError: unreadable JSON, another model type, or unknown config fields.
+            ValueError: unreadable JSON, another model type, unknown config fields, or a value
+                of the wrong type (the message names the file and the field).
         """
         from djepa.core.config import DJEPAConfig, config_from_dict
 
@@ -94,9 +95,14 @@ class PretrainedMixin:
             meta = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e})") from e
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise ValueError(f"{path} has no 'config' object: not a save_pretrained directory")
         if meta.get("model_type") != cls.model_type:
             raise ValueError(f"{path} holds model_type {meta.get('model_type')!r}, expected {cls.model_type!r}")
-        return config_from_dict(DJEPAConfig, meta["config"])
+        try:
+            return config_from_dict(DJEPAConfig, meta["config"])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | os.PathLike[str], *, config: Any = None,
