@@ -105,7 +105,11 @@ def load_checkpoint_ema(step_dir: str | Path, device: torch.device | str = "cpu"
     meta = json.loads((run_dir / "config.json").read_text())
     if "model" not in meta:
         raise ValueError(f"{run_dir / 'config.json'} has no 'model' section (not an image-train run)")
-    model = DJEPA(config_from_dict(DJEPAConfig, meta["model"]))
+    try:
+        model_cfg = config_from_dict(DJEPAConfig, meta["model"])
+    except ValueError as e:
+        raise ValueError(f"{run_dir / 'config.json'} 'model' section: {e}") from None
+    model = DJEPA(model_cfg)
     load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
     return model.to(device).eval(), run_dir
 
