@@ -303,3 +303,13 @@ def test_config_rejects_bad_values():
         preset("tiny", loss=dict(diffusion_batch_mul=0))
     with pytest.raises(KeyError, match="unknown preset"):
         preset("XL")
+
+
+def test_from_pretrained_inside_a_meta_device_block_loads_the_weights(tmp_path, recwarn):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        loaded = DJEPA.from_pretrained(tmp_path)
+    assert not recwarn.list
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and b.device.type == "cpu" and torch.equal(a, b)

@@ -112,7 +112,8 @@ class PretrainedMixin:
         Args:
             directory: a folder written by :meth:`save_pretrained`.
             config: optional expected config; a different one raises (no silent reinterpretation).
-            map_location: device for the weights.
+            map_location: device for the weights (the model is built on the CPU, also inside a
+                ``with torch.device(...)`` block such as ``"meta"``, then moved here).
 
         Raises:
             FileNotFoundError: config or weights missing.
@@ -131,7 +132,10 @@ class PretrainedMixin:
             state = load_file(str(weights), device=str(map_location))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointMismatchError(f"cannot read {weights}: {e}") from e
-        model = cls(saved)  # type: ignore[call-arg]
+        # built on the CPU whatever the caller's default device is: under
+        # ``with torch.device("meta")`` the parameters would hold no data to load into
+        with torch.device("cpu"):
+            model = cls(saved)  # type: ignore[call-arg]
         load_state_dict_strict(model, state, source=str(weights))  # type: ignore[arg-type]
         return model.to(map_location)  # type: ignore[attr-defined,return-value]
 
