@@ -232,3 +232,26 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_folder(
     assert not (root / "step_00000004").exists()
     assert (root / "latest").read_text().strip() == "step_00000002"
     ckpt.verify(root / "step_00000002")
+
+
+def test_trainer_state_with_wrong_types_is_refused_naming_the_field(tmp_path):
+    d = tmp_path / "step_00000002"
+    d.mkdir()
+    good = {"step": 2, "epoch": 0, "batch_index": 2, "skipped_total": 0,
+            "consecutive_nonfinite": 0, "samples_seen": 16}
+    (d / "trainer_state.json").write_text(json.dumps(good))
+    assert ckpt.read_trainer_state(d)["step"] == 2
+    for key, value in (("step", "2"), ("epoch", -1), ("batch_index", 1.5), ("samples_seen", True)):
+        (d / "trainer_state.json").write_text(json.dumps({**good, key: value}))
+        with pytest.raises(CheckpointError, match=rf"trainer_state\.json: field '{key}'"):
+            ckpt.read_trainer_state(d)
+
+
+def test_a_garbage_ema_file_with_a_rewritten_manifest_is_one_line(tmp_path):
+    _run(tmp_path)
+    d = tmp_path / "checkpoints" / "step_00000002"
+    (d / "ema.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b'{"w": 1}' + b" " * 8)
+    ckpt.write_manifest(d)
+    with pytest.raises(CheckpointError) as e:
+        _run(tmp_path, max_steps=3)
+    assert str(d / "ema.safetensors") in _one_line(e)

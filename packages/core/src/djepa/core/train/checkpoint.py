@@ -62,7 +62,7 @@ from djepa.core.pretrained import atomic_write_text
 
 __all__ = ["CheckpointError", "RunFolderBusy", "tag_for_step", "step_of_tag", "sha256_file",
            "write_manifest", "verify", "read_latest", "write_latest", "candidate_tags",
-           "choose_checkpoint", "set_aside", "prune", "writing", "rng_state", "set_rng_state",
+           "choose_checkpoint", "read_trainer_state", "set_aside", "prune", "writing", "rng_state", "set_rng_state",
            "save_rng", "load_rng", "atomic_write_text", "run_folder_lock",
            "one_writer", "safe_checkpoint_engine", "deepspeed_safe_globals"]
 
@@ -353,6 +353,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+TRAINER_STATE = "trainer_state.json"
+_STATE_INTS = ("step", "epoch", "batch_index", "skipped_total", "consecutive_nonfinite",
+               "samples_seen")
+
+
+def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    """``ckpt_dir/trainer_state.json`` with its counters checked (non-negative ints).
+
+    Raises:
+        CheckpointError: unreadable JSON, not an object, or a counter missing / of the wrong
+            type (the message names the file and the field).
+    """
+    p = ckpt_dir / TRAINER_STATE
+    try:
+        state = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: unreadable ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p}: not a JSON object")
+    for key in _STATE_INTS:
+        v = state.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CheckpointError(f"{p}: field {key!r} must be a non-negative integer, got {v!r}")
+    return state
 
 
 def _rng_file(ckpt_dir: Path, rank: int) -> Path:

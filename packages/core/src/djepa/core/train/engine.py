@@ -212,12 +212,16 @@ def _load_ema(path: Path, ema: EMA, device: torch.device) -> float | None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    state = load_file(str(path), device=str(device))
-    ema.load_state_dict({"module": state, "num_updates": int(meta.get("num_updates", 0)),
-                         "decay": ema.decay})
-    return float(meta["decay"]) if "decay" in meta else None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path), device=str(device))
+        ema.load_state_dict({"module": state, "num_updates": int(meta.get("num_updates", 0)),
+                             "decay": ema.decay})
+        return float(meta["decay"]) if "decay" in meta else None
+    except Exception as e:  # safetensors' own error types, a bad key set, bad metadata
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ckpt.CheckpointError(f"{path}: unreadable EMA state ({first})") from None
 
 
 def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world: int,
@@ -239,7 +243,7 @@ def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world:
                 raise ckpt.CheckpointError(
                     f"{out} holds a run with a different {section!r} configuration (differs in {keys}); "
                     f"use another --output-dir, or resume with the original settings")
-    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
+    state = ckpt.read_trainer_state(ckpt_dir)
     for key, now_value in (("zero_stage", cfg.zero_stage), ("precision", cfg.precision)):
         if key in state and state[key] != now_value:
             raise ckpt.CheckpointError(
@@ -359,7 +363,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
         if saved_decay is not None and saved_decay != ema.decay:
             obs.log(f"EMA decay {ema.decay!r} (configured) replaces {saved_decay!r} (saved in "
                     f"{tag}); num_updates {ema.num_updates} restored")
-        saved = json.loads((root / tag / "trainer_state.json").read_text())
+        saved = ckpt.read_trainer_state(root / tag)
         state.update({k: saved[k] for k in state})
         if saved.get("world_size") != world or saved.get("micro_batch_size") != cfg.micro_batch_size:
             obs.log(f"WARNING: resuming {tag} with world size {world} / micro-batch "
