@@ -51,6 +51,11 @@ a checkpoint (the last good one stays).
 EMA on resume: weights and ``num_updates`` (so the warm-up continues) come from the checkpoint;
 the decay is the configured ``cfg.ema_decay`` (one log line when the saved one differs).
 
+Run folder (trust boundary, :mod:`djepa.core.train.checkpoint`): ``train`` holds the folder's
+lock for its whole duration (a second run on it is refused), reads DeepSpeed's files with
+``weights_only=True`` and an allow-list, and refuses instead of restarting at step 0 when no
+checkpoint verifies.
+
 SIGINT / SIGTERM: a flag is set; it is all-reduced with the next loss, the current step
 finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupted``).
 """
