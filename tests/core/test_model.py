@@ -240,6 +240,43 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
 
 
+@pytest.mark.parametrize("edit,field", [
+    (("qk_norm", "no"), "qk_norm"),                       # a string is not a bool
+    (("encoder_depth", "2"), "encoder_depth"),
+    (("encoder_depth", 2.5), "encoder_depth"),
+    (("encoder_depth", True), "encoder_depth"),           # a bool is not an int
+    (("grid", [4, "4"]), "grid[1]"),
+    (("grid", 4), "grid"),
+    (("pos_embed", "sinusoidal"), "pos_embed"),
+    (("loss", {"kind": "flow", "prediction_beta": "2"}), "loss.prediction_beta"),
+    (("loss", [1]), "loss"),
+])
+def test_hand_edited_config_with_wrong_types_names_the_file_and_field(tmp_path, edit, field):
+    tiny().save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    meta = json.loads(path.read_text())
+    key, value = edit
+    meta["config"][key] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as e:
+        DJEPA.from_pretrained(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and f"field '{field}'" in msg
+
+
+
+def test_hand_edited_config_with_right_types_loads(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["qk_norm"] = False
+    meta["config"]["loss"]["prediction_beta"] = 2            # an int for a float is fine
+    path.write_text(json.dumps(meta))
+    cfg = DJEPA.load_config(tmp_path)
+    assert cfg.qk_norm is False and cfg.loss.prediction_beta == 2.0
+    assert isinstance(cfg.loss.prediction_beta, float) and isinstance(cfg.grid, tuple)
+
+
 def test_from_pretrained_rejects_mismatches(tmp_path):
     tiny().save_pretrained(tmp_path)
     with pytest.raises(CheckpointMismatchError, match="config mismatch"):
@@ -266,3 +303,13 @@ def test_config_rejects_bad_values():
         preset("tiny", loss=dict(diffusion_batch_mul=0))
     with pytest.raises(KeyError, match="unknown preset"):
         preset("XL")
+
+
+def test_from_pretrained_inside_a_meta_device_block_loads_the_weights(tmp_path, recwarn):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        loaded = DJEPA.from_pretrained(tmp_path)
+    assert not recwarn.list
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and b.device.type == "cpu" and torch.equal(a, b)

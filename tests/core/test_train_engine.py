@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from djepa.core.train import CheckpointError, NonFiniteLossError, TrainConfig, train
+from djepa.core.safe_load import torch_load
+from djepa.core.train.checkpoint import deepspeed_safe_globals
 from djepa.core.train.selftest import ToyDJEPA, toy_dataset
 
 
@@ -48,6 +50,10 @@ def test_stages_and_precisions_train(tmp_path, stage, precision):
     assert losses[-1] < 0.9 * losses[0]
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 6
     assert res.finished and res.skipped_steps == 0
+    # every file DeepSpeed wrote loads with weights_only=True and the allow-list (resume path)
+    files = sorted((Path(res.output_dir) / "checkpoints").rglob("*.pt"))
+    assert files and all(isinstance(torch_load(f, allow=deepspeed_safe_globals()), dict)
+                         for f in files)
 
 
 def test_zero3_is_refused(tmp_path):
@@ -105,7 +111,7 @@ def _ckpt_tensors(path: Path) -> dict[str, torch.Tensor]:
             for i, v in enumerate(x):
                 walk(f"{prefix}/{i}", v)
 
-    walk("", torch.load(path, weights_only=False, map_location="cpu"))
+    walk("", torch_load(path, allow=deepspeed_safe_globals()))
     return flat
 
 

@@ -67,7 +67,7 @@ def test_two_ranks_zero2_match_one_rank_with_double_micro_batch(tmp_path):
         torch.testing.assert_close(e2[k], e1[k], rtol=1e-4, atol=1e-5)
     # both ranks wrote their RNG state; rank 0 wrote the manifest covering both
     manifest = json.loads((two / "checkpoints" / "step_00000006" / "manifest.json").read_text())
-    assert {"rng/rank_00000.pt", "rng/rank_00001.pt"} <= set(manifest["files"])
+    assert {"rng/rank_00000.safetensors", "rng/rank_00001.safetensors"} <= set(manifest["files"])
     print("\n" + "\n".join(l for l in log.splitlines() if l.startswith(("step", "done"))))
 
 

@@ -208,9 +208,12 @@ def test_candidate_order_latest_pointer_and_prune(tmp_path):
     ckpt.write_latest(tmp_path, "step_00000006")       # step 8 never confirmed: not offered
     assert ckpt.candidate_tags(tmp_path) == ["step_00000006", "step_00000004", "step_00000002"]
     assert not list(tmp_path.glob("*.tmp.*"))
+    # keep_last=2 counts the one just written and the newest older one; step 8 (newer,
+    # unconfirmed: not written by this run) is never deleted
     removed = ckpt.prune(tmp_path, keep_last=2, protect="step_00000006")
-    assert sorted(removed) == ["step_00000002", "step_00000004"]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step_00000006",
+    assert removed == ["step_00000002"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step_00000004",
+                                                                        "step_00000006",
                                                                         "step_00000008"]
 
 

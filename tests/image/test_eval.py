@@ -216,6 +216,33 @@ def test_cli_errors(tmp_path, capsys):
     assert "not found" in _error_line(capsys)
 
 
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")`` (creates the marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_inception_weights_are_never_unpickled_with_code(tmp_path, capsys):
+    _write_pngs(tmp_path / "s", torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
+    s, marker, w = str(tmp_path / "s"), tmp_path / "MARKER", tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.zeros(2), "x": _Payload(marker)}, w)
+    args = ["--samples", s, "--reference", s, "--inception-weights", str(w), "--device", "cpu"]
+    assert eval_cli.main(args) == 2
+    line = _error_line(capsys)
+    assert str(w) in line and "refused" in line
+    assert not marker.exists()
+    torch.save({"fc.weight": torch.zeros(2), "n": 3}, w)
+    assert eval_cli.main(args) == 2
+    assert "is not a state dict" in _error_line(capsys)
+    torch.save({"fc.weight": torch.zeros(2)}, w)
+    assert eval_cli.main(args) == 2
+    assert "does not fit torch-fidelity's InceptionV3" in _error_line(capsys)
+
+
 @pytest.fixture(scope="module")
 def random_torch_fidelity_weights(tmp_path_factory) -> Path:
     """A randomly initialised state dict of torch-fidelity's InceptionV3 (no download: the

@@ -100,3 +100,21 @@ def test_pixel_tokenizer_json_round_trip_through_the_core_registry():
     assert tokenizer_from_config(old).grid == (4, 4)
     with pytest.raises(ValueError, match="does not divide"):
         tokenizer_from_config(dict(old, patch_size=3))
+
+
+def test_non_finite_tokens_count_as_out_of_range():
+    t = torch.tensor([0.0, float("nan"), float("inf"), -float("inf"), 0.5, 2.0, -0.5, 0.25])
+    assert fraction_outside(t, (-1.0, 1.0)) == pytest.approx(4 / 8)   # nan, ±inf, 2.0
+    assert fraction_outside(t, None) == pytest.approx(3 / 8)
+    assert fraction_outside(torch.full((4,), float("nan")), (-1.0, 1.0)) == 1.0
+
+
+@pytest.mark.parametrize("flag", ["temperature", "cfg"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_sampler_flags_refuse_non_finite_values(flag, value):
+    from djepa.core.cli import UserError
+    from djepa.image.sampler_flags import SamplerFlags
+
+    with pytest.raises(UserError, match="must be finite"):
+        SamplerFlags(**{flag: value}).sampler_config(16)
+    assert SamplerFlags(**{flag: 0.97 if flag == "temperature" else 4.0}).sampler_config(16)

@@ -356,3 +356,28 @@ def test_taef2_reconstruction_psnr_on_real_images():
     # a blank latent decodes to something far from the image: the PSNR is not trivially high
     blank = tok.decode(torch.zeros_like(tokens))
     assert (10 * torch.log10(1.0 / ((blank - x) ** 2).mean())) < 15.0
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")`` (creates the marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind", ["kl16", "taesd"])
+def test_unsafe_vae_pickle_is_one_line_and_never_runs(tmp_path, kind):
+    from djepa.core.safe_load import UnsafeFileError
+
+    marker = tmp_path / "MARKER"
+    path = tmp_path / ("kl16.ckpt" if kind == "kl16" else "taesd_encoder.pth")
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "callbacks": _Payload(marker)}, path)
+    with pytest.raises(UnsafeFileError) as e:
+        load_vae(f"{kind}:{path}", 16)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "refused" in msg
+    assert "weights_only" not in msg            # no advice to turn the protection off
+    assert not marker.exists()

@@ -16,6 +16,7 @@ so that it can be written next to every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar, get_type_hints
 
@@ -189,8 +190,13 @@ class SamplerConfig:
             raise ValueError(f"num_ar_steps must be >= 1, got {self.num_ar_steps}")
         if self.num_denoise_steps < 1:
             raise ValueError(f"num_denoise_steps must be >= 1, got {self.num_denoise_steps}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if not math.isfinite(self.cfg_scale):
+            raise ValueError(f"cfg_scale must be finite, got {self.cfg_scale}")
+        if self.flow_time_shift is not None and not (math.isfinite(self.flow_time_shift)
+                                                     and self.flow_time_shift > 0):
+            raise ValueError(f"flow_time_shift must be finite and > 0, got {self.flow_time_shift}")
         if self.cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
 
@@ -261,9 +267,16 @@ T = TypeVar("T")
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Inverse of :func:`config_to_dict` for ``cls`` (nested dataclasses supported).
 
+    Every value is checked against the field's annotation (JSON has no tuples: lists are
+    accepted for tuples; an int for a float; nothing else is coerced — ``"no"`` is not a bool).
+
     Raises:
-        ValueError: ``data`` has keys that ``cls`` does not know (named in the message).
+        ValueError: ``data`` is not an object, has keys that ``cls`` does not know, or a value of
+            the wrong type (the message names the field, e.g. ``model.loss.beta``), or the
+            dataclass' own validation fails.
     """
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
@@ -271,13 +284,91 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        typ = hints.get(key)
-        if isinstance(typ, type) and is_dataclass(typ) and isinstance(value, dict):
-            value = config_from_dict(typ, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)  # type: ignore[call-arg]
+        kwargs[key] = _typed(value, hints.get(key, Any), key)
+    try:
+        return cls(**kwargs)  # type: ignore[call-arg]
+    except TypeError as e:  # e.g. a missing required field
+        raise ValueError(f"{cls.__name__}: {e}") from None
+
+
+def _typed(value: Any, typ: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as an instance of annotation ``typ``, or ValueError naming
+    ``where``. Supports bool, int, float, str, None, Literal, unions, tuple[...], list[...],
+    dict[...], nested dataclasses and Any."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+
+    def bad() -> ValueError:
+        return ValueError(f"field {where!r}: expected {getattr(typ, '__name__', None) or typ}, "
+                          f"got {value!r} ({type(value).__name__})")
+
+    if typ is Any:
+        return value
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise ValueError(f"field {where!r}: expected one of {list(args)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _typed(value, a, where)
+            except ValueError:
+                pass
+        raise bad()
+    if typ is type(None):
+        if value is None:
+            return None
+        raise bad()
+    if isinstance(typ, type) and is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise bad()
+        try:
+            return config_from_dict(typ, value)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg.replace("field '", f"field '{where}.", 1)
+                             if msg.startswith("field '") else f"field {where!r}: {msg}") from None
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if origin is tuple or typ is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if not args:
+            return tuple(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise bad()
+        return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if origin is list or typ is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        return [_typed(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+    if origin is dict or typ is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return value if not args else {k: _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ class PretrainedMixin:
 
         Raises:
             FileNotFoundError: no ``config.json`` in ``directory``.
-            ValueError: unreadable JSON, another model type, or unknown config fields.
+            ValueError: unreadable JSON, another model type, unknown config fields, or a value
+                of the wrong type (the message names the file and the field).
         """
         from djepa.core.config import DJEPAConfig, config_from_dict
 
@@ -94,9 +95,14 @@ class PretrainedMixin:
             meta = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e})") from e
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise ValueError(f"{path} has no 'config' object: not a save_pretrained directory")
         if meta.get("model_type") != cls.model_type:
             raise ValueError(f"{path} holds model_type {meta.get('model_type')!r}, expected {cls.model_type!r}")
-        return config_from_dict(DJEPAConfig, meta["config"])
+        try:
+            return config_from_dict(DJEPAConfig, meta["config"])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | os.PathLike[str], *, config: Any = None,
@@ -106,7 +112,8 @@ class PretrainedMixin:
         Args:
             directory: a folder written by :meth:`save_pretrained`.
             config: optional expected config; a different one raises (no silent reinterpretation).
-            map_location: device for the weights.
+            map_location: device for the weights (the model is built on the CPU, also inside a
+                ``with torch.device(...)`` block such as ``"meta"``, then moved here).
 
         Raises:
             FileNotFoundError: config or weights missing.
@@ -125,7 +132,10 @@ class PretrainedMixin:
             state = load_file(str(weights), device=str(map_location))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointMismatchError(f"cannot read {weights}: {e}") from e
-        model = cls(saved)  # type: ignore[call-arg]
+        # built on the CPU whatever the caller's default device is: under
+        # ``with torch.device("meta")`` the parameters would hold no data to load into
+        with torch.device("cpu"):
+            model = cls(saved)  # type: ignore[call-arg]
         load_state_dict_strict(model, state, source=str(weights))  # type: ignore[arg-type]
         return model.to(map_location)  # type: ignore[attr-defined,return-value]
 

@@ -111,7 +111,11 @@ def _load_checkpoint_ema(step_dir: Path, device):
     meta = _read_json(run_dir / RUN_CONFIG_FILE, "the run's configuration")
     if not isinstance(meta.get("model"), dict):
         raise ValueError(f"{run_dir / RUN_CONFIG_FILE} has no 'model' section (not a D-JEPA training run)")
-    model = DJEPA(config_from_dict(DJEPAConfig, meta["model"]))
+    try:
+        model_cfg = config_from_dict(DJEPAConfig, meta["model"])
+    except ValueError as e:
+        raise ValueError(f"{run_dir / RUN_CONFIG_FILE} 'model' section: {e}") from None
+    model = DJEPA(model_cfg)
     load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
     try:
         step = ckpt.step_of_tag(step_dir.name)

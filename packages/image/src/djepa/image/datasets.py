@@ -508,12 +508,9 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def _load(self, path: str) -> Tensor:
-        from PIL import Image
+        from djepa.image.pixels import open_image
 
-        with Image.open(path) as img:
-            img.load()
-            img = img.convert("RGB")
-        img = center_crop_arr(img, self.image_size)
+        img = center_crop_arr(open_image(path, "RGB"), self.image_size)
         arr = np.asarray(img, dtype=np.uint8)  # [S, S, 3]
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 

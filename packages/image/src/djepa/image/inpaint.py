@@ -100,14 +100,13 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int]) -> tuple[
     Raises:
         FileNotFoundError: missing file; UserError: unreadable image.
     """
-    from PIL import Image
+    from djepa.image.pixels import open_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found")
     try:
-        with Image.open(path) as im:
-            im = im.convert(_mode(channels))
+        im = open_image(path, _mode(channels))
     except UserError:
         raise
     except Exception as e:
@@ -133,14 +132,13 @@ def load_mask(path: str | Path, image_size_wh: tuple[int, int], size: tuple[int,
     Raises:
         FileNotFoundError: missing file; UserError: unreadable, or not the input image's size.
     """
-    from PIL import Image
+    from djepa.image.pixels import open_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask {path} not found")
     try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L"))
+        m = np.asarray(open_image(path, "L", composite=False))
     except Exception as e:
         raise UserError(f"cannot read mask {path}: {e}") from e
     if (m.shape[1], m.shape[0]) != tuple(image_size_wh):

@@ -272,7 +272,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: the file holds no mapping of tensors.
+        ValueError: the file holds no mapping of tensors, or is not readable.
+        djepa.core.safe_load.UnsafeFileError: a pickle that needs code to load (never run).
     """
     path = Path(path)
     if not path.is_file():
@@ -280,8 +281,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    from djepa.core.safe_load import torch_load
+
+    obj = torch_load(path, map_location="cpu")  # weights_only=True; one-line refusal
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

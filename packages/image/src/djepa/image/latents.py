@@ -56,14 +56,12 @@ MANIFEST = "manifest.json"
 
 def load_center_crop(path: str | os.PathLike, image_size: int) -> Tensor:
     """An image file → ``[3, S, S]`` float32 in ``[0, 1]``: RGB, ADM centre crop
-    (:func:`~djepa.image.datasets.center_crop_arr`), ``byte / 255``. PIL errors propagate."""
-    from PIL import Image
-
+    (:func:`~djepa.image.datasets.center_crop_arr`), ``byte / 255``; 16-bit / float / transparent
+    images as :mod:`djepa.image.pixels` reads them. PIL errors propagate."""
     from djepa.image.datasets import center_crop_arr
+    from djepa.image.pixels import open_image
 
-    with Image.open(path) as img:
-        img.load()
-        img = img.convert("RGB")
+    img = open_image(path, "RGB")
     arr = np.asarray(center_crop_arr(img, image_size), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 

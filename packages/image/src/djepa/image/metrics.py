@@ -99,17 +99,16 @@ def find_images(root: str | Path) -> list[Path]:
 
 
 def load_image_uint8(path: str | Path) -> Tensor:
-    """One image file → ``[3, H, W] uint8`` RGB (gray / palette / alpha converted by PIL's
-    ``convert('RGB')``: gray values replicated to the three channels, alpha dropped).
+    """One image file → ``[3, H, W] uint8`` RGB (read by :func:`djepa.image.pixels.open_image`:
+    16-bit and float scaled to 8 bits, transparency composited on white, gray replicated).
 
     Raises:
         ValueError: unreadable file (names it).
     """
-    from PIL import Image
+    from djepa.image.pixels import open_image
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        arr = np.asarray(open_image(path, "RGB"), dtype=np.uint8)
     except Exception as e:  # PIL raises several types
         raise ValueError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
@@ -244,22 +243,43 @@ class TorchFidelityInception(InceptionExtractor):
     TF1 resize and ``(x − 128)/128`` inside) with weights from a local file; gives pool_3
     features and ``logits_unbiased`` (1008 classes) for the Inception Score.
 
+    The weights are read here, never by torch-fidelity (it would ``torch.load`` them with
+    ``weights_only=False``, running whatever the file carries): ``.safetensors``, or a
+    ``torch.save`` file through :func:`djepa.core.safe_load.torch_load` (``weights_only=True``);
+    the result must be a flat ``{name: tensor}`` dict, which is re-saved to a private temporary
+    file for torch-fidelity's constructor.
+
     Raises:
         FileNotFoundError: weights file missing (nothing is downloaded).
+        djepa.core.safe_load.UnsafeFileError: the file would run code / is not a torch file.
+        ValueError: not a flat tensor state dict, or one that does not fit the network (one line).
     """
 
     has_logits = True
 
     def __init__(self, weights_path: str | Path, device: torch.device | str = "cpu") -> None:
+        import tempfile
+
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         weights_path = Path(weights_path)
         if not weights_path.is_file():
             raise FileNotFoundError(f"Inception weights file {weights_path} not found")
+        state = _read_state_dict(weights_path)
         self.device = torch.device(device)
-        self.model = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased"],
-            feature_extractor_weights_path=str(weights_path)).to(self.device).eval()
+        with tempfile.TemporaryDirectory(prefix="djepa-inception-") as tmp:
+            checked = Path(tmp) / "weights.pth"
+            torch.save(state, checked)  # tensors only: what torch-fidelity unpickles is ours
+            del state
+            try:
+                model = FeatureExtractorInceptionV3(
+                    "inception-v3-compat", ["2048", "logits_unbiased"],
+                    feature_extractor_weights_path=str(checked))
+            except RuntimeError as e:  # load_state_dict: missing / unexpected / reshaped keys
+                first = str(e).strip().splitlines()[0][:200]
+                raise ValueError(f"{weights_path} does not fit torch-fidelity's InceptionV3 "
+                                 f"({first})") from None
+        self.model = model.to(self.device).eval()
         self.name = f"TF-2015-12-05 Inception-v3 (torch-fidelity, {weights_path.name})"
 
     @torch.inference_mode()
@@ -267,6 +287,25 @@ class TorchFidelityInception(InceptionExtractor):
         _check_uint8_batch(images)
         pool, logits = self.model(images.to(self.device))
         return pool.float().cpu(), logits.float().cpu()
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A flat ``{name: tensor}`` dict from ``.safetensors`` or a ``weights_only`` torch file."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    from djepa.core.safe_load import torch_load
+
+    obj = torch_load(path)
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise ValueError(f"{path} is not a state dict ({{name: tensor}}); expected torch-fidelity's "
+                         f"weights-inception-2015-12-05-6726825d.pth")
+    return obj
 
 
 def build_extractor(inception_weights: str | Path | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from djepa.core.tokenizer import Tokenizer, register_tokenizer
@@ -158,10 +159,14 @@ class PixelTokenizer:
 
 
 def fraction_outside(tokens: Tensor, value_range: tuple[float, float] | None) -> float:
-    """Share of the entries of ``tokens`` (any shape) outside ``[lo, hi]`` = ``value_range``
-    (0.0 when ``value_range`` is ``None`` or ``tokens`` is empty). Used to report how far a
-    sampler strays before the final clamp (issue "image-train / image-sample" quality bar)."""
-    if value_range is None or tokens.numel() == 0:
+    """Share of the entries of ``tokens`` (any shape) outside ``[lo, hi]`` = ``value_range``;
+    NaN and ±inf always count as outside (with ``value_range`` ``None``: the share of non-finite
+    entries; 0.0 when ``tokens`` is empty). Used to report how far a sampler strays before the
+    final clamp (issue "image-train / image-sample" quality bar)."""
+    if tokens.numel() == 0:
         return 0.0
+    if value_range is None:
+        return float((~torch.isfinite(tokens)).float().mean())
     lo, hi = value_range
-    return float(((tokens < lo) | (tokens > hi)).float().mean())
+    inside = (tokens >= lo) & (tokens <= hi) & torch.isfinite(tokens)  # NaN compares False
+    return float((~inside).float().mean())

@@ -26,6 +26,7 @@ from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
 from djepa.core.runs import TOKENIZER_FILE
 from djepa.core.train.config import TrainConfig
+from djepa.core.train.checkpoint import one_writer
 
 __all__ = ["ImageTrainConfig", "IMAGE_TRAIN_DEFAULTS", "build_model_config", "run", "main"]
 
@@ -98,6 +99,7 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@one_writer("cfg.train")  # the tokenizer file and the export are written outside train()
 def run(cfg: ImageTrainConfig) -> int:
     """Train with ``cfg`` (EMA weights exported to ``OUTPUT/pretrained``).
 

@@ -51,6 +51,11 @@ a checkpoint (the last good one stays).
 EMA on resume: weights and ``num_updates`` (so the warm-up continues) come from the checkpoint;
 the decay is the configured ``cfg.ema_decay`` (one log line when the saved one differs).
 
+Run folder (trust boundary, :mod:`djepa.core.train.checkpoint`): ``train`` holds the folder's
+lock for its whole duration (a second run on it is refused), reads DeepSpeed's files with
+``weights_only=True`` and an allow-list, and refuses instead of restarting at step 0 when no
+checkpoint verifies.
+
 SIGINT / SIGTERM: a flag is set; it is all-reduced with the next loss, the current step
 finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupted``).
 """
@@ -212,34 +217,16 @@ def _load_ema(path: Path, ema: EMA, device: torch.device) -> float | None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    state = load_file(str(path), device=str(device))
-    ema.load_state_dict({"module": state, "num_updates": int(meta.get("num_updates", 0)),
-                         "decay": ema.decay})
-    return float(meta["decay"]) if "decay" in meta else None
-
-
-def _choose_checkpoint(root: Path, cfg: TrainConfig, obs_log: Callable[[str], None]
-                       ) -> tuple[str | None, str | None]:
-    """(tag to resume from, error message) — rank 0 only."""
-    tags = ckpt.candidate_tags(root)
-    if cfg.resume is False:
-        if tags:
-            return None, (f"{root} already holds checkpoints ({tags[0]} …) and resume=False; "
-                          "use resume='auto' / True or a new output_dir")
-        return None, None
-    for tag in tags:
-        try:
-            ckpt.verify(root / tag, checksums=cfg.verify_checksums)
-            return tag, None
-        except ckpt.CheckpointError as e:
-            msg = f"checkpoint {tag} rejected: {e}; falling back to the previous checkpoint"
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            obs_log("WARNING: " + msg)
-    if cfg.resume is True:
-        return None, f"resume=True but {root} holds no complete, verified checkpoint"
-    return None, None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path), device=str(device))
+        ema.load_state_dict({"module": state, "num_updates": int(meta.get("num_updates", 0)),
+                             "decay": ema.decay})
+        return float(meta["decay"]) if "decay" in meta else None
+    except Exception as e:  # safetensors' own error types, a bad key set, bad metadata
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ckpt.CheckpointError(f"{path}: unreadable EMA state ({first})") from None
 
 
 def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world: int,
@@ -261,7 +248,7 @@ def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world:
                 raise ckpt.CheckpointError(
                     f"{out} holds a run with a different {section!r} configuration (differs in {keys}); "
                     f"use another --output-dir, or resume with the original settings")
-    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
+    state = ckpt.read_trainer_state(ckpt_dir)
     for key, now_value in (("zero_stage", cfg.zero_stage), ("precision", cfg.precision)):
         if key in state and state[key] != now_value:
             raise ckpt.CheckpointError(
@@ -273,6 +260,7 @@ def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world:
             f"{cfg.zero_stage} (optimizer state partitioned); resume with {state['world_size']} processes")
 
 
+@ckpt.one_writer("cfg")
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
           prepare_batch: Callable[[Any, torch.device], Mapping[str, Tensor]] | None = None,
           sample_fn: Callable[[nn.Module, int], Tensor] | None = None,
@@ -311,7 +299,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
         NonFiniteLossError: ``cfg.max_nonfinite_steps`` consecutive steps with a non-finite
             loss or gradient.
         djepa.core.train.checkpoint.CheckpointError: ``resume=True`` without a complete,
-            verified checkpoint.
+            verified checkpoint; no checkpoint verifies although one was confirmed
+            (:func:`~djepa.core.train.checkpoint.choose_checkpoint`); a checkpoint file that
+            references anything but tensors and DeepSpeed's known types (never unpickled);
+            a malformed ``checkpoints/latest``; no space left while writing a checkpoint.
+        djepa.core.train.checkpoint.RunFolderBusy: another live run holds ``output_dir``.
         FileExistsError: ``resume=False`` but ``output_dir`` already holds checkpoints.
 
     Warns:
@@ -342,6 +334,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
                                   fused=True)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(cfg, world))
+    ckpt.safe_checkpoint_engine(engine)  # DeepSpeed's default engine unpickles with any global
     device = engine.device if isinstance(engine.device, torch.device) else torch.device(engine.device)
     ema = EMA(engine.module, decay=cfg.ema_decay, warmup=cfg.ema_warmup_steps or None).to(device)
     groups = engine.optimizer.param_groups
@@ -354,7 +347,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     # --- resume ------------------------------------------------------------------------------
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        tag, err = _choose_checkpoint(root, cfg, obs.log)
+        tag, err = ckpt.choose_checkpoint(root, cfg.resume, checksums=cfg.verify_checksums,
+                                          log=obs.log)
     else:
         tag, err = None, None
     tag, err = D.broadcast_object((tag, err))
@@ -374,7 +368,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
         if saved_decay is not None and saved_decay != ema.decay:
             obs.log(f"EMA decay {ema.decay!r} (configured) replaces {saved_decay!r} (saved in "
                     f"{tag}); num_updates {ema.num_updates} restored")
-        saved = json.loads((root / tag / "trainer_state.json").read_text())
+        saved = ckpt.read_trainer_state(root / tag)
         state.update({k: saved[k] for k in state})
         if saved.get("world_size") != world or saved.get("micro_batch_size") != cfg.micro_batch_size:
             obs.log(f"WARNING: resuming {tag} with world size {world} / micro-batch "
@@ -410,28 +404,28 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     def save(step_now: int) -> None:
         tag_now = ckpt.tag_for_step(step_now)
         ckpt_dir = root / tag_now
-        if rank == 0 and ckpt_dir.exists():
-            import shutil
-
-            shutil.rmtree(ckpt_dir)  # a stale, unconfirmed checkpoint with the same tag
-        D.barrier()
-        engine.save_checkpoint(str(root), tag=tag_now, client_state={"djepa_step": step_now},
-                               save_latest=False)
-        ckpt.save_rng(ckpt_dir, rank)
         if rank == 0:
-            _save_ema(ckpt_dir / "ema.safetensors", ema)
-            epoch, batch_index = loader.position
-            trainer_state = dict(state, step=step_now, epoch=epoch, batch_index=batch_index,
-                                 world_size=world, micro_batch_size=cfg.micro_batch_size,
-                                 zero_stage=cfg.zero_stage, precision=cfg.precision,
-                                 grad_accum_steps=gas, ema_num_updates=ema.num_updates,
-                                 train_config=cfg.to_dict())
-            ckpt.atomic_write_text(ckpt_dir / "trainer_state.json",
-                                   json.dumps(trainer_state, indent=1, sort_keys=True))
+            ckpt.set_aside(root, tag_now, obs.log)  # a stale, unconfirmed one with the same tag
         D.barrier()
+        with ckpt.writing(ckpt_dir, rank):
+            engine.save_checkpoint(str(root), tag=tag_now, client_state={"djepa_step": step_now},
+                                   save_latest=False)
+            ckpt.save_rng(ckpt_dir, rank)
+            if rank == 0:
+                _save_ema(ckpt_dir / "ema.safetensors", ema)
+                epoch, batch_index = loader.position
+                trainer_state = dict(state, step=step_now, epoch=epoch, batch_index=batch_index,
+                                     world_size=world, micro_batch_size=cfg.micro_batch_size,
+                                     zero_stage=cfg.zero_stage, precision=cfg.precision,
+                                     grad_accum_steps=gas, ema_num_updates=ema.num_updates,
+                                     train_config=cfg.to_dict())
+                ckpt.atomic_write_text(ckpt_dir / "trainer_state.json",
+                                       json.dumps(trainer_state, indent=1, sort_keys=True))
+            D.barrier()
+            if rank == 0:
+                ckpt.write_manifest(ckpt_dir, checksums=cfg.verify_checksums)
+                ckpt.verify(ckpt_dir, checksums=cfg.verify_checksums)
         if rank == 0:
-            ckpt.write_manifest(ckpt_dir, checksums=cfg.verify_checksums)
-            ckpt.verify(ckpt_dir, checksums=cfg.verify_checksums)
             ckpt.write_latest(root, tag_now)
             ckpt.prune(root, cfg.keep_last, protect=tag_now)
         D.barrier()
