@@ -48,6 +48,10 @@ class LossConfig:
         diffusion_weight / prediction_weight: L = w_d·L_d + w_p·L_p (§3.4); ``prediction_weight
             = 0`` is the MAR baseline of Table 6 (no projector, no target encoder pass).
         prediction_beta: smooth-L1 β of the prediction loss (official code: 2.0).
+        projector_order: ``"official"`` — the prediction-loss projector runs Linear → GELU →
+            LayerNorm → Linear (timm ``Mlp`` with ``norm_layer``, as the official constructor
+            builds it) — or ``"norm_first"`` (Linear → LayerNorm → GELU → Linear, this package's
+            order before issue 11, for runs trained with it). Same parameters either way.
     """
 
     kind: Literal["diffusion", "flow"] = "diffusion"
@@ -61,6 +65,7 @@ class LossConfig:
     diffusion_weight: float = 1.0
     prediction_weight: float = 1.0
     prediction_beta: float = 2.0
+    projector_order: Literal["official", "norm_first"] = "official"
 
     def __post_init__(self) -> None:
         if self.kind not in ("diffusion", "flow"):
@@ -74,6 +79,8 @@ class LossConfig:
             raise ValueError("flow_time_shift and prediction_beta must be > 0")
         if self.diffusion_weight < 0 or self.prediction_weight < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.projector_order not in ("official", "norm_first"):
+            raise ValueError(f"projector_order must be 'official' or 'norm_first', got {self.projector_order!r}")
 
 
 @dataclass(frozen=True)

@@ -244,13 +244,6 @@ class GaussianDiffusion:
         return table[t.long()]
 
     # ------------------------------------------------------------------ forward process
-    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I): ``(mean, variance, log_variance)``."""
-        x0 = x0.float()
-        mean = self._extract("sqrt_alphas_cumprod", t, x0.dim()) * x0
-        var = 1.0 - self._extract("alphas_cumprod", t, x0.dim())
-        return mean, var.expand_as(x0), torch.log(var).expand_as(x0)
-
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε.
 
@@ -287,13 +280,6 @@ class GaussianDiffusion:
         return (
             self._extract("sqrt_recip_alphas_cumprod", t, n) * xt
             - self._extract("sqrt_recipm1_alphas_cumprod", t, n) * eps
-        )
-
-    def predict_eps_from_xstart(self, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """ε = (√(1/ᾱ_t)·x_t − x_0) / √(1/ᾱ_t − 1)."""
-        n = xt.dim()
-        return (self._extract("sqrt_recip_alphas_cumprod", t, n) * xt - x0) / self._extract(
-            "sqrt_recipm1_alphas_cumprod", t, n
         )
 
     # ------------------------------------------------------------------ reverse process

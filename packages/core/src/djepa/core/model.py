@@ -31,7 +31,7 @@ from djepa.core.norms import LayerNorm
 from djepa.core.prediction_loss import PredictionLoss
 from djepa.core.pretrained import PretrainedMixin
 from djepa.core.rope import AxialRoPE, TokenGrid
-from djepa.core.token_loss import build_token_loss
+from djepa.core.heads import build_token_loss
 
 __all__ = ["DJEPA", "DJEPAOutput", "ContextEncoder", "FeaturePredictor", "ClassCondition"]
 
@@ -298,7 +298,8 @@ class DJEPA(PretrainedMixin, nn.Module):
         # as in the official code ("initialize weights before diffusion loss").
         self.token_loss = build_token_loss(c.loss, c.token_dim, c.predictor_dim)
         self.prediction_loss = (
-            PredictionLoss(c.predictor_dim, c.encoder_dim, beta=c.loss.prediction_beta)
+            PredictionLoss(c.predictor_dim, c.encoder_dim, beta=c.loss.prediction_beta,
+                           order=c.loss.projector_order)
             if c.loss.prediction_weight > 0 else None)
 
     def _init_weights(self) -> None:
