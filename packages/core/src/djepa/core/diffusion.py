@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from djepa.core.rng import RowStreams
+
 __all__ = [
     "betas_for_schedule",
     "space_timesteps",
@@ -504,8 +506,12 @@ class GaussianDiffusion:
 
 
 # ---------------------------------------------------------------------- randomness helpers
-def randn(shape: Sequence[int], *, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """N(0, I) float32 on ``device``; drawn on the generator's device and moved if they differ."""
+def randn(shape: Sequence[int], *, generator: torch.Generator | RowStreams | None,
+          device: torch.device) -> Tensor:
+    """N(0, I) float32 on ``device``; drawn on the generator's device and moved if they differ.
+    A :class:`~djepa.core.rng.RowStreams` draws each row's share from that row's generator."""
+    if isinstance(generator, RowStreams):
+        return generator.randn(shape, device)
     if generator is None:
         return torch.randn(tuple(shape), device=device)
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
