@@ -130,9 +130,14 @@ class _Rope:
         return (torch.cat([cos.new_ones(b, num_buffer, half), cos], dim=1),
                 torch.cat([sin.new_zeros(b, num_buffer, half), sin], dim=1))
 
-    def sequence(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(cos, sin) ``[L, d/2]`` of a condition sequence."""
-        return self.seq_rope(torch.arange(length, device=device)[:, None])
+    def sequence(self, length: int, device: torch.device, padding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(cos, sin) of a condition sequence: ``[L, d/2]`` at positions 0 … L−1, or with
+        ``padding [B, L]`` (True = padding) ``[B, L, d/2]`` at each real element's rank among the
+        real ones — so where the padding sits in the sequence does not matter."""
+        if padding is None:
+            return self.seq_rope(torch.arange(length, device=device)[:, None])
+        rank = ((~padding).long().cumsum(1) - 1).clamp(min=0)
+        return self.seq_rope(rank[..., None])
 
 
 def _key_padding(num_buffer: int, padding: Tensor | None) -> Tensor | None:
@@ -168,7 +173,7 @@ class _Stack(nn.Module):
     def _run_blocks(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, kpm: Tensor | None,
                     cond: ConditionState, query_rows: Tensor | None = None) -> Tensor:
         c, c_pad = cond.sequence, cond.sequence_padding
-        c_rope = None if c is None or self.rope is None else self.rope.sequence(c.shape[1], x.device)
+        c_rope = None if c is None or self.rope is None else self.rope.sequence(c.shape[1], x.device, c_pad)
         last = len(self.blocks) - 1
         if query_rows is not None and last < 0:
             return gather_rows(x, query_rows)
