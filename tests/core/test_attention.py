@@ -185,3 +185,121 @@ def test_mlp_is_exact_gelu():
     # Tanh-approximate GELU would be measurably different here.
     h_tanh = F.gelu(x.double() @ p["fc1.weight"].T + p["fc1.bias"], approximate="tanh")
     assert ((h_tanh @ p["fc2.weight"].T + p["fc2.bias"]) - ref).abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------------------- general masks
+def _loop_reference(q, k, v, kpm=None, allowed=None):
+    """Plain float64 loop: for each (b, h, i) softmax over the keys allowed by both masks;
+    a row with no allowed key gives zeros."""
+    B, H, Lq, d = q.shape
+    Lk = k.shape[2]
+    out = torch.zeros(B, H, Lq, d, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for i in range(Lq):
+                keys = [j for j in range(Lk)
+                        if (kpm is None or not bool(kpm[b, j]))
+                        and (allowed is None or bool(allowed[b, h, i, j]))]
+                if not keys:
+                    continue
+                s = torch.stack([q[b, h, i].double() @ k[b, h, j].double() for j in keys]) / math.sqrt(d)
+                w = torch.softmax(s, 0)
+                out[b, h, i] = sum(w[n] * v[b, h, j].double() for n, j in enumerate(keys))
+    return out
+
+
+def _mask_cases(B, H, Lq, Lk, g):
+    from djepa.core.attention import block_causal_mask
+
+    full = lambda *shape: torch.rand(*shape, generator=g) > 0.4  # noqa: E731
+    am2 = full(Lq, Lk)
+    am2[1] = False  # a row with no allowed key
+    am3 = full(B, Lq, Lk)
+    am4h = full(B, H, Lq, Lk)
+    am4h[0, 1, 2] = False
+    seg = torch.tensor([[0, 0, 0, 1, 1, 1, 2], [0, 0, 1, 1, 1, 1, 1]])[:, :Lk]
+    causal = torch.tensor([[True, True, True, False, False, False, True],
+                           [False, False, True, True, True, True, True]])[:, :Lk]
+    kpm = torch.zeros(B, Lk, dtype=torch.bool)
+    kpm[0, -2:] = True
+    kpm_all = kpm.clone()
+    kpm_all[1] = True  # every key of sample 1 is padding
+    return {
+        "kpm": (kpm, None),
+        "kpm_all_padding": (kpm_all, None),
+        "2d": (None, am2),
+        "3d": (None, am3),
+        "4d_1head": (None, am3[:, None]),
+        "4d_heads": (None, am4h),
+        "kpm_and_4d": (kpm, am4h),
+        "block_causal": (None, block_causal_mask(seg, causal) if Lq == Lk else None),
+    }
+
+
+_CASES = ["kpm", "kpm_all_padding", "2d", "3d", "4d_1head", "4d_heads", "kpm_and_4d"]
+
+
+@pytest.mark.parametrize("case,lq", [(c, lq) for c in _CASES for lq in (7, 3)] + [("block_causal", 7)])
+def test_every_mask_shape_matches_the_loop_reference(case, lq):
+    from djepa.core.attention import _math_attention, allowed_keys, xformers_bias
+
+    B, H, Lk, d = 2, 2, 7, 4
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(B, H, lq, d, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, H, Lk, d, generator=g, dtype=torch.float64) for _ in range(2))
+    kpm, am = _mask_cases(B, H, lq, Lk, g)[case]
+    if am is not None and am.shape[-2] != lq:
+        am = am[..., :lq, :]
+    full_allowed = None if am is None else torch.broadcast_to(
+        am if am.ndim == 4 else am[:, None] if am.ndim == 3 else am[None, None], (B, H, lq, Lk))
+    ref = _loop_reference(q, k, v, kpm, full_allowed)
+    out = attention_kernel(q, k, v, kpm, 0.0, "sdpa", attn_mask=am)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    allowed, empty = allowed_keys(B, H, lq, Lk, kpm, am)
+    # the written-out math path (used for CPU dropout) with the same combined mask
+    math_out = _math_attention(q, k, v, allowed, 0.0).masked_fill(empty, 0.0)
+    torch.testing.assert_close(math_out, ref, atol=1e-10, rtol=1e-10)
+    # the xformers bias (CUDA-only kernel; its input is built and checked here on CPU)
+    bias = xformers_bias(allowed, B, H, lq, torch.float64)
+    assert bias.shape == (B, H, lq, Lk)
+    assert bias.stride(-2) % 8 == 0  # 16-byte aligned rows (0 = broadcast row)
+    assert torch.equal(bias == 0, torch.broadcast_to(allowed, bias.shape))
+    assert torch.isinf(bias[~torch.broadcast_to(allowed, bias.shape)]).all()
+    xf = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, -1) @ v
+    torch.testing.assert_close(xf.masked_fill(empty, 0.0), ref, atol=1e-10, rtol=1e-10)
+
+
+def test_block_causal_mask_values():
+    from djepa.core.attention import block_causal_mask
+
+    seg = torch.tensor([[0, 0, 1, 1, 2]])
+    causal = torch.tensor([[True, True, False, False, True]])  # text, image span, text
+    m = block_causal_mask(seg, causal)[0, 0].int()
+    expected = torch.tensor([[1, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0],
+                             [1, 1, 1, 1, 0],
+                             [1, 1, 1, 1, 0],
+                             [1, 1, 1, 1, 1]])
+    assert torch.equal(m, expected)
+
+
+def test_module_attn_mask_with_query_rows_and_gradients():
+    torch.manual_seed(0)
+    attn = Attention(16, 2).eval()
+    _randomize(attn, 6)
+    x = torch.randn(2, 6, 16)
+    am = torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+    am[0, 3] = False  # fully masked query row
+    full = attn(x, attn_mask=am)
+    rows = torch.tensor([[3, 0], [5, 1]])
+    part = attn(x, attn_mask=am, query_idx=rows)
+    torch.testing.assert_close(part, torch.stack([full[b, rows[b]] for b in range(2)]))
+    torch.testing.assert_close(full[0, 3], attn.proj.bias.detach())
+    x.requires_grad_(True)
+    attn(x, attn_mask=am).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="attn_mask must broadcast"):
+        attn(x, attn_mask=am[:, :5])
+    with pytest.raises(ValueError, match="must be bool"):
+        attn(x, attn_mask=am.float())

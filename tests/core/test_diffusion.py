@@ -18,7 +18,8 @@ from djepa.core.diffusion import (
     space_timesteps,
 )
 from djepa.core.diffusion_loss import DiffusionLoss
-from djepa.core.token_loss import TokenLoss, build_token_loss
+from djepa.core.heads import build_token_loss
+from djepa.core.token_loss import TokenLoss
 
 LN2 = math.log(2.0)
 

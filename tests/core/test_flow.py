@@ -8,7 +8,8 @@ import torch
 
 from djepa.core.config import LossConfig
 from djepa.core.flow import TIME_SCALE, FlowMatchingLoss, shift_time, time_grid
-from djepa.core.token_loss import TokenLoss, build_token_loss
+from djepa.core.heads import build_token_loss
+from djepa.core.token_loss import TokenLoss
 
 MU, SIGMA = torch.tensor([1.5, -0.5]), torch.tensor([0.3, 2.0])
 

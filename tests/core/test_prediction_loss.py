@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -118,3 +120,33 @@ def test_shape_errors():
         loss(torch.randn(2, 5, 4), torch.randn(2, 5, 2), None)
     with pytest.raises(ValueError):
         loss(torch.randn(2, 5, 4), torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_projector_runs_the_official_order_linear_gelu_layernorm_linear():
+    """Official constructor: timm ``Mlp(norm_layer=...)`` = fc1 → act → norm → fc2. Reference
+    written out by hand with the module's weights in float64; the old order stays behind
+    ``order="norm_first"``."""
+    torch.manual_seed(0)
+    loss = PredictionLoss(6, 5)
+    with torch.no_grad():
+        for p in loss.parameters():
+            p.copy_(torch.randn_like(p))
+    lin1, ln, _, lin2 = loss.projector
+    z = torch.randn(4, 6, dtype=torch.float64)
+    w = {n: p.detach().double() for n, p in loss.projector.named_parameters()}
+
+    def layernorm(h):
+        mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+        return (h - mu) / torch.sqrt(var + 1e-6) * w["1.weight"] + w["1.bias"]
+
+    gelu = lambda h: 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))  # noqa: E731
+    h = z @ w["0.weight"].T + w["0.bias"]
+    official = layernorm(gelu(h)) @ w["3.weight"].T + w["3.bias"]
+    norm_first = gelu(layernorm(h)) @ w["3.weight"].T + w["3.bias"]
+    torch.testing.assert_close(loss.projector.double()(z), official)
+    assert (official - norm_first).abs().max() > 1e-2  # the two orders really differ here
+    old = PredictionLoss(6, 5, order="norm_first")
+    old.load_state_dict(loss.state_dict())  # same parameter names: old checkpoints still load
+    torch.testing.assert_close(old.projector.double()(z), norm_first)
+    with pytest.raises(ValueError, match="projector order"):
+        PredictionLoss(6, 5, order="bogus")

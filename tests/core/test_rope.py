@@ -148,3 +148,77 @@ def test_rope_validation():
     cos, sin = rope(torch.zeros(5, 3))
     with pytest.raises(ValueError):
         apply_rope(torch.randn(1, 1, 5, 8), cos, sin)  # head_dim mismatch
+
+
+# ----------------------------------------------------------------------------- unequal split
+def _reference_rotate_split(x: torch.Tensor, coords: torch.Tensor, split, theta: float = 10000.0):
+    """float64 reference for an unequal split: axis a owns split[a] channels, its own ladder."""
+    freqs = []
+    for a, chunk in enumerate(split):
+        for j in range(chunk // 2):
+            freqs.append((a, theta ** (-(2.0 * j) / chunk)))
+    angles = torch.stack([coords[..., a].double() * f for a, f in freqs], dim=-1)
+    d = x.shape[-1]
+    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    return torch.view_as_real(z * torch.polar(torch.ones_like(angles), angles)).reshape(x.shape)
+
+
+def test_default_split_values():
+    from djepa.core.rope import default_rope_split
+
+    assert default_rope_split(64, 2) == (32, 32)  # the old equal split where it was valid
+    assert default_rope_split(64, 3) == (20, 22, 22)
+    assert default_rope_split(80, 3) == (26, 26, 28)
+    assert default_rope_split(80, 2) == (40, 40)
+    assert default_rope_split(10, 2) == (4, 6)
+    assert default_rope_split(16, 1) == (16,)
+    for bad in ((7, 1), (4, 3), (0, 1)):
+        with pytest.raises(ValueError):
+            default_rope_split(*bad)
+    with pytest.raises(ValueError):
+        AxialRoPE(64, 3, split=(16, 24, 22))  # sums to 62
+    with pytest.raises(ValueError):
+        AxialRoPE(64, 3, split=(15, 25, 24))  # odd shares
+
+
+def test_equal_split_is_bit_identical_to_the_default():
+    coords = torch.randint(0, 30, (40, 2), generator=torch.Generator().manual_seed(0))
+    a, b = AxialRoPE(64, 2)(coords), AxialRoPE(64, 2, split=(32, 32))(coords)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("head_dim,split", [(64, (16, 24, 24)), (80, (26, 26, 28)), (64, (20, 22, 22))])
+def test_unequal_split_matches_reference_and_relative_property_per_axis(head_dim, split):
+    g = torch.Generator().manual_seed(4)
+    rope = AxialRoPE(head_dim, 3, split=split)
+    L = 10
+    coords = torch.randint(0, 20, (L, 3), generator=g)
+    cos, sin = rope(coords)
+    assert cos.shape == (L, head_dim // 2)
+    x = torch.randn(1, 2, L, head_dim, generator=g)
+    torch.testing.assert_close(apply_rope(x, cos, sin).double(), _reference_rotate_split(x, coords, split),
+                               atol=1e-5, rtol=1e-5)
+    q = torch.randn(1, 2, L, head_dim, generator=g)
+    k = torch.randn(1, 2, L, head_dim, generator=g)
+
+    def scores(c):
+        cs, sn = rope(c)
+        return apply_rope(q, cs, sn) @ apply_rope(k, cs, sn).transpose(-1, -2)
+
+    s0 = scores(coords)
+    for a in range(3):
+        shift = torch.zeros(3, dtype=torch.long)
+        shift[a] = 7
+        torch.testing.assert_close(scores(coords + shift), s0, atol=1e-4, rtol=1e-4)  # translation along a
+        moved = coords.clone()
+        moved[0, a] += 3
+        s2 = scores(moved)
+        assert (s2[..., 0, 1:] - s0[..., 0, 1:]).abs().max() > 1e-2
+        torch.testing.assert_close(s2[..., 1:, 1:], s0[..., 1:, 1:], atol=1e-4, rtol=1e-4)
+        # Only axis a's channels see a move along a: the other axes' pairs are unchanged.
+        cs0, _ = rope(coords)
+        cs2, _ = rope(moved)
+        lo = sum(split[:a]) // 2
+        hi = lo + split[a] // 2
+        changed = (cs2[0] != cs0[0]).nonzero().squeeze(-1)
+        assert changed.numel() > 0 and int(changed.min()) >= lo and int(changed.max()) < hi

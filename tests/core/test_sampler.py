@@ -227,13 +227,18 @@ def test_known_tokens_never_change_and_unknown_are_filled():
     assert (out[~known_mask].abs().sum(-1) > 0).all()
 
 
-def test_known_mask_with_unequal_rows_is_rejected():
+def test_known_mask_with_unequal_rows_is_accepted_and_kept():
+    """Issue 11 lifts the first release's refusal of unequal known counts per row: each row
+    runs its own schedule over its own unknown tokens."""
     model = tiny_model()
     mask = torch.zeros(2, N, dtype=torch.bool)
     mask[0, 0] = True
-    with pytest.raises(ValueError, match="same number"):
-        generate(model, torch.tensor([0, 0]), SamplerConfig(num_ar_steps=2),
-                 known_tokens=torch.zeros(2, N, 3), known_mask=mask)
+    mask[1, 3:9] = True
+    known = torch.randn(2, N, 3)
+    out = generate(model, torch.tensor([0, 0]), SamplerConfig(num_ar_steps=2, num_denoise_steps=2),
+                   known_tokens=known, known_mask=mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[mask], known[mask])
+    assert (out[~mask].abs().sum(-1) > 0).all()
 
 
 def test_out_of_range_class_id_is_a_clear_error():

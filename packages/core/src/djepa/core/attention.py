@@ -4,11 +4,19 @@ DESIGN.md §3: one ``Attention`` module, kernels PyTorch SDPA (default, CPU and 
 xformers' memory-efficient attention (CUDA only), which give the same numbers. FIDELITY.md
 "Model": qkv bias, RMSNorm qk-norm, attention/projection dropout.
 
-Padding convention everywhere: ``key_padding_mask [B, L] bool, True = padding`` — a padded
-position is ignored as a KEY (it still gets an output as a query; callers drop it).
-If every key of a sample is padding, no softmax is defined; :func:`attention_kernel` then
-returns **zeros** for that sample (instead of NaN), so the module output is ``proj.bias``
-there — finite, and ignored by any caller that masks its losses.
+Two mask polarities, each fixed everywhere in djepa:
+
+* ``key_padding_mask [B, Lk] bool, True = padding`` — a padded position is ignored as a KEY (it
+  still gets an output as a query; callers drop it).
+* ``attn_mask [..., Lq, Lk] bool, True = may attend`` (PyTorch SDPA's polarity), broadcastable to
+  ``[B, H, Lq, Lk]``: accepted shapes ``[Lq, Lk]``, ``[B, Lq, Lk]``, ``[B, 1, Lq, Lk]``,
+  ``[B, H, Lq, Lk]``. Block-causal text + bidirectional image spans (Transfusion) is one case,
+  built by :func:`block_causal_mask`.
+
+Both may be given; a key is attended iff it is allowed by both. A query row with no allowed key
+has no softmax; :func:`attention_kernel` then returns **zeros** for that row (instead of NaN), so
+the module output is ``proj.bias`` there — finite, and ignored by any caller that masks its
+losses.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from djepa.core.dropout import Dropout, dropout, uses_numpy_masks
 from djepa.core.norms import RMSNorm, no_autocast
 from djepa.core.rope import apply_rope
 
-__all__ = ["KERNELS", "attention_kernel", "Attention", "MLP"]
+__all__ = ["KERNELS", "attention_kernel", "allowed_keys", "block_causal_mask", "xformers_bias", "Attention", "MLP"]
 
 KERNELS = ("sdpa", "xformers")
 
@@ -45,6 +53,96 @@ def _xformers_ops():
     return xops
 
 
+def allowed_keys(
+    B: int, H: int, Lq: int, Lk: int,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Combine both masks into ``(allowed, empty)`` for the kernels.
+
+    Args:
+        key_padding_mask: ``[B, Lk]`` bool, True = padding, or None.
+        attn_mask: bool, True = may attend, ``[Lq, Lk]`` / ``[B, Lq, Lk]`` / ``[B, 1|H, Lq, Lk]``,
+            or None.
+
+    Returns:
+        ``allowed``: bool ``[B|1, H|1, Lq|1, Lk]``, True = attend, where every query row with no
+        allowed key is opened to all keys (so softmax stays finite); ``empty``: bool
+        ``[B|1, H|1, Lq|1, 1]``, True where a row had no allowed key (the kernel zeroes its
+        output). Both None when neither mask is given.
+
+    Raises:
+        ValueError: a mask of the wrong shape or a non-bool ``attn_mask``.
+    """
+    allowed = None
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (B, Lk):
+            raise ValueError(
+                f"key_padding_mask must be [B, Lk] = {(B, Lk)}, got {tuple(key_padding_mask.shape)}"
+            )
+        allowed = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            raise ValueError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+        am = attn_mask.to(device)
+        if am.ndim == 2:
+            am = am[None, None]
+        elif am.ndim == 3:
+            am = am[:, None]
+        if (am.ndim != 4 or am.shape[0] not in (1, B) or am.shape[1] not in (1, H)
+                or am.shape[2] not in (1, Lq) or am.shape[3] != Lk):
+            raise ValueError(f"attn_mask must broadcast to [B, H, Lq, Lk] = {(B, H, Lq, Lk)} as "
+                             f"[Lq, Lk], [B, Lq, Lk] or [B, 1|H, Lq, Lk]; got {tuple(attn_mask.shape)}")
+        allowed = am if allowed is None else allowed & am
+    if allowed is None:
+        return None, None
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    return allowed | empty, empty
+
+
+def block_causal_mask(segment_ids: Tensor, causal: Tensor) -> Tensor:
+    """Block-causal attention over spans (Transfusion: causal text, bidirectional image spans).
+
+    A query attends to every key of an *earlier* segment, and inside its own segment to all
+    keys (bidirectional span) or to keys at or before itself (causal span); never to a later
+    segment.
+
+    Args:
+        segment_ids: ``[B, L]`` int, non-decreasing along L (span index of each token).
+        causal: ``[B, L]`` bool, True where the token's span is causal (e.g. text).
+
+    Returns:
+        ``[B, 1, L, L]`` bool, True = may attend (the ``attn_mask`` polarity).
+    """
+    sq, sk = segment_ids[:, :, None], segment_ids[:, None, :]
+    L = segment_ids.shape[1]
+    pos = torch.arange(L, device=segment_ids.device)
+    same = sq == sk
+    before = sk < sq
+    upto = pos[None, :, None] >= pos[None, None, :]
+    inside = torch.where(causal[:, :, None], upto, torch.ones_like(upto))
+    return (before | (same & inside))[:, None]
+
+
+def xformers_bias(allowed: Tensor, B: int, H: int, Lq: int, dtype: torch.dtype) -> Tensor:
+    """Additive ``attn_bias`` for ``xformers.ops.memory_efficient_attention`` from a bool
+    ``allowed [B|1, H|1, Lq|1, Lk]`` (True = attend): 0 where allowed, −inf elsewhere, in
+    ``dtype``, expanded to ``[B, H, Lq, Lk]``.
+
+    xformers needs the bias rows 16-byte aligned: the last dim is allocated rounded up to a
+    multiple of 8 and sliced (xformers/ops/fmha/cutlass.py, ``_check_bias_alignment``). Built
+    with plain torch, so the CPU tests compare it (and softmax(qkᵀ/√d + bias)·v) against a
+    reference loop.
+    """
+    b, hm, lq, Lk = allowed.shape
+    padded = math.ceil(Lk / 8) * 8
+    buf = torch.zeros(b, hm, lq, padded, dtype=dtype, device=allowed.device)
+    bias = buf[..., :Lk]
+    bias.masked_fill_(~allowed, float("-inf"))
+    return bias.expand(B, H, Lq, Lk)
+
+
 def attention_kernel(
     q: Tensor,
     k: Tensor,
@@ -52,8 +150,9 @@ def attention_kernel(
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
     kernel: str = "sdpa",
+    attn_mask: Tensor | None = None,
 ) -> Tensor:
-    """``softmax(q kᵀ / √d) v`` per head, ignoring padded keys.
+    """``softmax(q kᵀ / √d) v`` per head over the allowed keys.
 
     Args:
         q: ``[B, H, Lq, d]``; k, v: ``[B, H, Lk, d]`` (same dtype and device).
@@ -64,9 +163,11 @@ def attention_kernel(
             training with dropout uses the same math written out (scores, softmax and dropout
             in float32, P·V in v's dtype) so that the dropout mask comes from
             :mod:`djepa.core.dropout` (NumPy PCG64).
+        attn_mask: bool, True = may attend, ``[Lq, Lk]`` / ``[B, Lq, Lk]`` / ``[B, 1|H, Lq, Lk]``
+            (see :func:`allowed_keys`), or None.
 
     Returns:
-        ``[B, H, Lq, d]`` in ``q.dtype``. Samples whose keys are all padding give zeros.
+        ``[B, H, Lq, d]`` in ``q.dtype``. Query rows with no allowed key give zeros.
 
     Raises:
         ValueError: unknown kernel, or a mask of the wrong shape.
@@ -75,45 +176,27 @@ def attention_kernel(
     _check_kernel(kernel)
     B, H, Lq, d = q.shape
     Lk = k.shape[-2]
-    all_pad = None
-    if key_padding_mask is not None:
-        if key_padding_mask.shape != (B, Lk):
-            raise ValueError(
-                f"key_padding_mask must be [B, Lk] = {(B, Lk)}, got {tuple(key_padding_mask.shape)}"
-            )
-        key_padding_mask = key_padding_mask.to(device=q.device, dtype=torch.bool)
-        all_pad = key_padding_mask.all(dim=-1)  # [B]
-        # A sample with no valid key: attend to everything (finite), zero its output below.
-        key_padding_mask = key_padding_mask & ~all_pad[:, None]
+    allowed, empty = allowed_keys(B, H, Lq, Lk, key_padding_mask, attn_mask, q.device)
 
     if kernel == "sdpa" and 0.0 < dropout_p < 1.0 and uses_numpy_masks(q):
-        out = _math_attention(q, k, v, key_padding_mask, dropout_p)
+        out = _math_attention(q, k, v, allowed, dropout_p)
     elif kernel == "sdpa":
-        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
     else:
         if q.device.type != "cuda":
             raise RuntimeError(_XFORMERS_ERROR + f" (tensors are on {q.device.type})")
         xops = _xformers_ops()
-        bias = None
-        if key_padding_mask is not None:
-            # xformers needs the bias rows 16-byte aligned: allocate a last dim rounded up to a
-            # multiple of 8 and slice (xformers/ops/fmha/cutlass.py, _check_bias_alignment).
-            padded = math.ceil(Lk / 8) * 8
-            buf = torch.zeros(B, 1, 1, padded, dtype=q.dtype, device=q.device)
-            bias = buf[..., :Lk]
-            bias.masked_fill_(key_padding_mask[:, None, None, :], float("-inf"))
-            bias = bias.expand(B, H, Lq, Lk)
+        bias = None if allowed is None else xformers_bias(allowed, B, H, Lq, q.dtype)
         out = xops.memory_efficient_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout_p
         ).transpose(1, 2)
 
-    if all_pad is not None:
-        out = out.masked_fill(all_pad[:, None, None, None], 0.0)
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
     return out
 
 
-def _math_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None,
                     dropout_p: float) -> Tensor:
     """SDPA's CPU math path written out, so that the attention-probability dropout takes its
     mask from :func:`djepa.core.dropout.dropout` (CPU training with dropout, where SDPA would
@@ -122,15 +205,25 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | 
     (bf16 P·V with float accumulation; all-float32 P·V cost 20 % of a bf16 reference-tiny
     training step on CPU). Result in ``q.dtype``.
 
-    Shapes: q ``[B, H, Lq, d]``, k/v ``[B, H, Lk, d]``; returns ``[B, H, Lq, d]``.
+    Shapes: q ``[B, H, Lq, d]``, k/v ``[B, H, Lk, d]``, ``allowed`` bool broadcastable to
+    ``[B, H, Lq, Lk]`` (True = attend; see :func:`allowed_keys`) or None; returns ``[B, H, Lq, d]``.
     """
     dt = torch.promote_types(q.dtype, torch.float32)
     with no_autocast(q.device):  # autocast would cast the float32 matmuls back down
         s = torch.matmul(q.to(dt), k.to(dt).transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-        if key_padding_mask is not None:
-            s = s.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        if allowed is not None:
+            s = s.masked_fill(~allowed, float("-inf"))
         a = dropout(torch.softmax(s, dim=-1), dropout_p).to(v.dtype)
     return torch.matmul(a, v).to(q.dtype)
+
+
+def query_rows_of_mask(attn_mask: Tensor, query_idx: Tensor) -> Tensor:
+    """The query rows ``query_idx [B, Q]`` of a bool ``attn_mask`` (``[L, L]``, ``[B, L, L]`` or
+    ``[B, 1|H, L, L]``) → ``[B, 1|H, Q, L]``."""
+    am = attn_mask[None, None] if attn_mask.ndim == 2 else attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask
+    B, Q = query_idx.shape
+    am = am.expand(B, am.shape[1], am.shape[2], am.shape[3])
+    return torch.gather(am, 2, query_idx[:, None, :, None].expand(-1, am.shape[1], -1, am.shape[3]))
 
 
 class Attention(nn.Module):
@@ -213,6 +306,7 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
         query_idx: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Args:
             x: ``[B, L, dim]``.
@@ -220,6 +314,8 @@ class Attention(nn.Module):
             key_padding_mask: ``[B, L]`` bool, True = padding (ignored as a key), or None.
             query_idx: ``[B, Q] int64`` rows that ask (queries); all ``L`` rows are keys and
                 values. None = every row.
+            attn_mask: bool ``[L, L]`` / ``[B, L, L]`` / ``[B, 1|H, L, L]``, True = may attend
+                (its query rows are taken at ``query_idx`` when given), or None.
 
         Returns:
             ``[B, L, dim]`` (``[B, Q, dim]`` with ``query_idx``) in the compute dtype of ``proj``.
@@ -227,7 +323,9 @@ class Attention(nn.Module):
         q, k, v = self.project_qkv(x, rope)
         if query_idx is not None:
             q = torch.gather(q, 2, query_idx[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
-        o = attention_kernel(q, k, v, key_padding_mask, self.dropout_p, self.kernel)
+            if attn_mask is not None:
+                attn_mask = query_rows_of_mask(attn_mask, query_idx)
+        o = attention_kernel(q, k, v, key_padding_mask, self.dropout_p, self.kernel, attn_mask)
         return self.project_out(o)
 
 

@@ -55,10 +55,12 @@ class Block(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
         query_idx: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Args:
             x: ``[B, L, D]``. rope: ``(cos, sin)`` ``[L or B×L, head_dim/2]`` or None.
             key_padding_mask: ``[B, L]`` bool, True = padding (ignored as a key), or None.
+            attn_mask: bool, True = may attend (see :mod:`djepa.core.attention`), or None.
             query_idx: ``[B, Q] int64`` rows of ``x`` whose outputs are wanted, or None (all).
                 Every row still serves as key/value; only the wanted rows get the query,
                 residuals, ``norm2`` and the MLP. Equals ``gather_rows(block(x), query_idx)``.
@@ -66,7 +68,8 @@ class Block(nn.Module):
         Returns:
             ``[B, L, D]``, or ``[B, Q, D]`` with ``query_idx``.
         """
-        o = self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask, query_idx=query_idx)
+        o = self.attn(self.norm1(x), rope=rope, key_padding_mask=key_padding_mask, query_idx=query_idx,
+                      attn_mask=attn_mask)
         x = (x if query_idx is None else gather_rows(x, query_idx)) + o
         return x + self.mlp(self.norm2(x))
 
@@ -124,6 +127,7 @@ class JointBlock(nn.Module):
         c_rope: tuple[Tensor, Tensor] | None = None,
         x_padding_mask: Tensor | None = None,
         c_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Args:
             x: ``[B, Lx, D]`` tokens. c: ``[B, Lc, Dc]`` condition sequence.
@@ -131,6 +135,8 @@ class JointBlock(nn.Module):
                 axis), or None (no rotation for that stream).
             x_padding_mask, c_padding_mask: ``[B, Lx]`` / ``[B, Lc]`` bool, True = padding
                 (ignored as a key in the joint attention), or None.
+            attn_mask: bool over the joint sequence ``[x; c]`` (``[Lx+Lc, Lx+Lc]`` or with batch /
+                head axes), True = may attend, or None.
 
         Returns:
             ``(x [B, Lx, D], c [B, Lc, Dc])``.
@@ -149,7 +155,7 @@ class JointBlock(nn.Module):
             if c_padding_mask is None:
                 c_padding_mask = torch.zeros(B, Lc, dtype=torch.bool, device=x.device)
             mask = torch.cat((x_padding_mask.bool(), c_padding_mask.bool().to(x.device)), dim=1)
-        o = attention_kernel(q, k, v, mask, self.x_attn.dropout_p, self.kernel)
+        o = attention_kernel(q, k, v, mask, self.x_attn.dropout_p, self.kernel, attn_mask)
         ox, oc = o.split((Lx, Lc), dim=2)
         x = x + self.x_attn.project_out(ox)
         c = c + self.c_attn.project_out(oc)

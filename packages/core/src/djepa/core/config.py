@@ -50,6 +50,10 @@ class LossConfig:
         diffusion_weight / prediction_weight: L = w_d·L_d + w_p·L_p (§3.4); ``prediction_weight
             = 0`` is the MAR baseline of Table 6 (no projector, no target encoder pass).
         prediction_beta: smooth-L1 β of the prediction loss (official code: 2.0).
+        projector_order: ``"official"`` — the prediction-loss projector runs Linear → GELU →
+            LayerNorm → Linear (timm ``Mlp`` with ``norm_layer``, as the official constructor
+            builds it) — or ``"norm_first"`` (Linear → LayerNorm → GELU → Linear, this package's
+            order before issue 11, for runs trained with it). Same parameters either way.
     """
 
     kind: Literal["diffusion", "flow"] = "diffusion"
@@ -63,6 +67,7 @@ class LossConfig:
     diffusion_weight: float = 1.0
     prediction_weight: float = 1.0
     prediction_beta: float = 2.0
+    projector_order: Literal["official", "norm_first"] = "official"
 
     def __post_init__(self) -> None:
         if self.kind not in ("diffusion", "flow"):
@@ -76,6 +81,8 @@ class LossConfig:
             raise ValueError("flow_time_shift and prediction_beta must be > 0")
         if self.diffusion_weight < 0 or self.prediction_weight < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.projector_order not in ("official", "norm_first"):
+            raise ValueError(f"projector_order must be 'official' or 'norm_first', got {self.projector_order!r}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,19 @@ class DJEPAConfig:
         mask_ratio_min / mask_ratio_mean / mask_ratio_std: truncated normal mask ratio (§3.1:
             mean 1.0, std 0.25, lower bound 0.7; upper bound 1.0).
         init_std: std of the normal init of embeddings, buffers and mask token (0.02).
+        condition: ``"class"`` (class ids → buffer vector + learned null class; the default, the
+            paper's image models), ``"none"`` (unconditional) or ``"sequence"`` (a ``[B, L, D_c]``
+            sequence attended through joint blocks; DESIGN.md §7).
+        condition_dim: D_c of a sequence condition (0 = ``encoder_dim``).
+        joint_depth: with ``condition="sequence"``, the first ``joint_depth`` blocks of the
+            context encoder and of the feature predictor are SD3-style joint blocks (two
+            streams, one attention); must be 0 for the other kinds. ``None`` = all blocks.
+        rope_split: channels per axis of the RoPE head split (e.g. ``(16, 24, 24)``), applied to
+            encoder and predictor heads; ``None`` = :func:`djepa.core.rope.default_rope_split`
+            (the equal split where valid).
+        activation_checkpointing: recompute each encoder / predictor block in backward instead
+            of storing its activations (``torch.utils.checkpoint``, non-reentrant); same
+            gradients, less memory (the paper used it for video and text-to-image). Off by default.
         loss: the loss heads.
     """
 
@@ -128,6 +148,11 @@ class DJEPAConfig:
     mask_ratio_mean: float = 1.0
     mask_ratio_std: float = 0.25
     init_std: float = 0.02
+    condition: Literal["class", "none", "sequence"] = "class"
+    condition_dim: int = 0
+    joint_depth: int | None = 0
+    rope_split: tuple[int, ...] | None = None
+    activation_checkpointing: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -150,6 +175,36 @@ class DJEPAConfig:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.condition not in ("class", "none", "sequence"):
+            raise ValueError(f"condition must be 'class', 'none' or 'sequence', got {self.condition!r}")
+        if self.condition == "sequence":
+            if self.joint_depth is not None and not 1 <= self.joint_depth <= min(self.encoder_depth, self.predictor_depth):
+                raise ValueError(f"a sequence condition needs joint_depth in [1, min(encoder_depth, "
+                                 f"predictor_depth)] (or None = all), got {self.joint_depth}")
+        elif self.joint_depth not in (0, None):
+            raise ValueError(f"joint_depth={self.joint_depth} needs condition='sequence'")
+        if self.condition_dim < 0:
+            raise ValueError(f"condition_dim must be >= 0, got {self.condition_dim}")
+        if self.rope_split is not None:
+            object.__setattr__(self, "rope_split", tuple(int(c) for c in self.rope_split))
+        if self.pos_embed == "rope":
+            from djepa.core.rope import AxialRoPE, default_rope_split
+
+            for dim, heads in ((self.encoder_dim, self.encoder_heads), (self.predictor_dim, self.predictor_heads)):
+                hd = dim // heads
+                AxialRoPE(hd, len(self.grid), split=self.rope_split or default_rope_split(hd, len(self.grid)))
+
+    @property
+    def num_joint_blocks(self) -> int:
+        """How many leading blocks of φ and of γ are joint (0 unless ``condition="sequence"``)."""
+        if self.condition != "sequence":
+            return 0
+        return min(self.encoder_depth, self.predictor_depth) if self.joint_depth is None else self.joint_depth
+
+    @property
+    def context_dim(self) -> int:
+        """D_c of a sequence condition."""
+        return self.condition_dim or self.encoder_dim
 
     @property
     def seq_len(self) -> int:

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from djepa.core.rng import RowStreams
+
 __all__ = [
     "betas_for_schedule",
     "space_timesteps",
@@ -244,13 +246,6 @@ class GaussianDiffusion:
         return table[t.long()]
 
     # ------------------------------------------------------------------ forward process
-    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I): ``(mean, variance, log_variance)``."""
-        x0 = x0.float()
-        mean = self._extract("sqrt_alphas_cumprod", t, x0.dim()) * x0
-        var = 1.0 - self._extract("alphas_cumprod", t, x0.dim())
-        return mean, var.expand_as(x0), torch.log(var).expand_as(x0)
-
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε.
 
@@ -287,13 +282,6 @@ class GaussianDiffusion:
         return (
             self._extract("sqrt_recip_alphas_cumprod", t, n) * xt
             - self._extract("sqrt_recipm1_alphas_cumprod", t, n) * eps
-        )
-
-    def predict_eps_from_xstart(self, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """ε = (√(1/ᾱ_t)·x_t − x_0) / √(1/ᾱ_t − 1)."""
-        n = xt.dim()
-        return (self._extract("sqrt_recip_alphas_cumprod", t, n) * xt - x0) / self._extract(
-            "sqrt_recipm1_alphas_cumprod", t, n
         )
 
     # ------------------------------------------------------------------ reverse process
@@ -518,8 +506,12 @@ class GaussianDiffusion:
 
 
 # ---------------------------------------------------------------------- randomness helpers
-def randn(shape: Sequence[int], *, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """N(0, I) float32 on ``device``; drawn on the generator's device and moved if they differ."""
+def randn(shape: Sequence[int], *, generator: torch.Generator | RowStreams | None,
+          device: torch.device) -> Tensor:
+    """N(0, I) float32 on ``device``; drawn on the generator's device and moved if they differ.
+    A :class:`~djepa.core.rng.RowStreams` draws each row's share from that row's generator."""
+    if isinstance(generator, RowStreams):
+        return generator.randn(shape, device)
     if generator is None:
         return torch.randn(tuple(shape), device=device)
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)

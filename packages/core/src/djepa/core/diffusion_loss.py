@@ -119,36 +119,25 @@ class DiffusionLoss(TokenLoss):
         losses = self.per_token_losses(target, z, generator=generator)["loss"]
         return masked_mean(losses, None if mask is None else mask.reshape(-1))
 
-    def guided_model_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float,
+    def guided_model_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float | Tensor,
                         timesteps: Tensor | None = None):
         """``model_fn(x_t, t)`` for :class:`GaussianDiffusion`, with CFG when it is on.
 
-        With CFG the MLP sees one doubled batch ``[x_t; x_t]`` with ``[z; z_uncond]``; the
-        guided ε = ε_u + s·(ε_c − ε_u) covers all C ε channels and the variance channels come
-        from the conditional half. Without CFG the batch is not doubled.
+        With CFG the MLP sees one doubled batch ``[x_t; x_t]`` with ``[z; z_uncond]``
+        (:meth:`TokenLoss.guided_fn`); the guided ε = ε_u + s·(ε_c − ε_u) covers all C ε
+        channels and the variance channels come from the conditional half. Without CFG the
+        batch is not doubled. ``cfg_scale``: a float or a per-row ``[M]`` tensor.
 
         ``timesteps``: the (original) timesteps the caller will pass, e.g. the respaced
-        ``timestep_map``; when given (and ``net`` is a :class:`DenoisingMLP`) the step-independent
-        work is done once (:meth:`DenoisingMLP.sampling_plan`) — inference only.
+        ``timestep_map``; when given the step-independent work is done once — inference only.
         """
         c = self.token_dim
-        guided = self._guided(z, z_uncond, cfg_scale)
-        zz = torch.cat([z, z_uncond], dim=0) if guided else z  # type: ignore[list-item]
-        kw = {}
-        if timesteps is not None and isinstance(self.net, DenoisingMLP) and not torch.is_grad_enabled():
-            kw = {"plan": self.net.sampling_plan(zz, timesteps)}
-        if not guided:
-            return lambda x, t: self.net(x, t, zz, **kw).float()
-        s = float(cfg_scale)
 
-        def model_fn(x: Tensor, t: Tensor) -> Tensor:
-            m = x.shape[0]
-            out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), zz, **kw).float()
-            eps_c, eps_u = out[:m, :c], out[m:, :c]
-            eps = eps_u + s * (eps_c - eps_u)
-            return torch.cat([eps, out[:m, c:]], dim=-1)
+        def combine(out_c: Tensor, out_u: Tensor, s: float | Tensor) -> Tensor:
+            eps_c, eps_u = out_c[:, :c], out_u[:, :c]
+            return torch.cat([eps_u + s * (eps_c - eps_u), out_c[:, c:]], dim=-1)
 
-        return model_fn
+        return self.guided_fn(z, z_uncond, cfg_scale, combine, plan_times=timesteps)
 
     @torch.no_grad()
     def sample(  # type: ignore[override]
@@ -156,7 +145,7 @@ class DiffusionLoss(TokenLoss):
         z: Tensor,
         *,
         z_uncond: Tensor | None = None,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | Tensor = 1.0,
         temperature: float = 1.0,
         num_steps: int | None = 100,
         generator: torch.Generator | None = None,
@@ -168,7 +157,8 @@ class DiffusionLoss(TokenLoss):
         Args:
             z: ``[M, D_z]`` conditioning features.
             z_uncond: ``[M, D_z]`` unconditional features (null class) for CFG, or None.
-            cfg_scale: guidance scale s; 1.0 (or no ``z_uncond``) = no guidance, no doubled batch.
+            cfg_scale: guidance scale s (a float, or ``[M]`` per row); 1.0 (or no ``z_uncond``) =
+                no guidance, no doubled batch.
             temperature: τ, multiplies the per-step noise σ_t only (x_T is not scaled).
             num_steps: respaced steps (ADM spacing over ``num_train_timesteps``); None = 100.
             generator: draws x_T and every step's noise.

@@ -168,30 +168,17 @@ class FlowMatchingLoss(TokenLoss):
         losses = self.per_token_losses(target, z, generator=generator)
         return masked_mean(losses, None if mask is None else mask.reshape(-1))
 
-    def guided_velocity_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float,
+    def guided_velocity_fn(self, z: Tensor, z_uncond: Tensor | None, cfg_scale: float | Tensor,
                            times: Tensor | None = None) -> VelocityFn:
-        """``velocity(x, t)`` with t in [0, 1]; CFG v = v_u + s·(v_c − v_u) on a doubled batch.
+        """``velocity(x, t)`` with t in [0, 1]; CFG v = v_u + s·(v_c − v_u) on one doubled batch
+        (:meth:`TokenLoss.guided_fn`). ``cfg_scale``: a float or a per-row ``[M]`` tensor.
 
-        ``times``: the flow times in [0, 1] the solver will pass (its grid); when given (and
-        ``net`` is a :class:`DenoisingMLP`) the step-independent work is done once
-        (:meth:`DenoisingMLP.sampling_plan`) — inference only.
+        ``times``: the flow times in [0, 1] the solver will pass (its grid); when given the
+        step-independent work is done once — inference only.
         """
-        guided = self._guided(z, z_uncond, cfg_scale)
-        zz = torch.cat([z, z_uncond], dim=0) if guided else z  # type: ignore[list-item]
-        kw = {}
-        if times is not None and isinstance(self.net, DenoisingMLP) and not torch.is_grad_enabled():
-            kw = {"plan": self.net.sampling_plan(zz, times.float() * TIME_SCALE)}
-        if not guided:
-            return lambda x, t: self.net(x, t * TIME_SCALE, zz, **kw).float()
-        s = float(cfg_scale)
-
-        def velocity(x: Tensor, t: Tensor) -> Tensor:
-            m = x.shape[0]
-            out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0) * TIME_SCALE, zz, **kw).float()
-            v_c, v_u = out[:m], out[m:]
-            return v_u + s * (v_c - v_u)
-
-        return velocity
+        return self.guided_fn(
+            z, z_uncond, cfg_scale, lambda v_c, v_u, s: v_u + s * (v_c - v_u), time_scale=TIME_SCALE,
+            plan_times=None if times is None else times.float() * TIME_SCALE)
 
     @torch.no_grad()
     def sample(  # type: ignore[override]
@@ -199,7 +186,7 @@ class FlowMatchingLoss(TokenLoss):
         z: Tensor,
         *,
         z_uncond: Tensor | None = None,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | Tensor = 1.0,
         temperature: float = 1.0,
         num_steps: int | None = 100,
         solver: Literal["euler", "heun"] = "euler",

@@ -7,11 +7,16 @@ hidden from the context encoder and is a prediction target).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["sample_mask_ratio", "num_masked_tokens", "random_orders", "mask_from_orders"]
+if TYPE_CHECKING:
+    from djepa.core.batch import TokenBatch
+
+__all__ = ["sample_mask_ratio", "num_masked_tokens", "random_orders", "mask_from_orders",
+           "MaskingStrategy", "TruncNormalMasking", "FixedMasking"]
 
 
 def sample_mask_ratio(
@@ -76,3 +81,54 @@ def mask_from_orders(orders: Tensor, num_masked: int) -> Tensor:
     """``mask: [B, N] bool`` with True at ``orders[:, :num_masked]`` (True = masked)."""
     mask = torch.zeros(orders.shape, dtype=torch.bool, device=orders.device)
     return mask.scatter_(1, orders[:, :num_masked], True)
+
+
+class MaskingStrategy(Protocol):
+    """What the model is given to choose the training mask: ``strategy(batch, generator) ->
+    mask [B, N] bool, True = masked``; must be False wherever ``batch.maskable_mask`` is False
+    (padding, prompts, text)."""
+
+    def __call__(self, batch: "TokenBatch", generator: torch.Generator | None) -> Tensor: ...
+
+
+class TruncNormalMasking:
+    """The paper's masking (§3.1): one ratio r ~ TruncNormal(mean, std) on [minimum, maximum]
+    per batch; row b masks ``ceil(M_b · r)`` of its ``M_b`` maskable tokens (clamped to
+    ``[1, M_b]``, 0 when ``M_b = 0``) along a uniformly random order — ragged counts per row.
+
+    Draws (from ``generator``, or torch's global RNG): the ratio, then ``torch.rand(B, N)`` keys
+    (non-maskable positions sort last). On a full grid this is exactly the first release's
+    ``random_orders`` + ``mask_from_orders(orders, num_masked_tokens(N, r))``.
+    """
+
+    def __init__(self, minimum: float = 0.7, mean: float = 1.0, std: float = 0.25, maximum: float = 1.0) -> None:
+        self.minimum, self.mean, self.std, self.maximum = minimum, mean, std, maximum
+
+    def __call__(self, batch: "TokenBatch", generator: torch.Generator | None) -> Tensor:
+        maskable = batch.maskable_mask
+        b, n = maskable.shape
+        ratio = sample_mask_ratio(generator, minimum=self.minimum, mean=self.mean, std=self.std,
+                                  maximum=self.maximum)
+        counts = maskable.sum(1)
+        num = torch.ceil(counts.double() * ratio).long()
+        num = torch.minimum(torch.maximum(num, counts.clamp(max=1)), counts)
+        keys = torch.rand(b, n, generator=generator,
+                          device=generator.device if generator is not None else maskable.device).to(maskable.device)
+        orders = keys.masked_fill(~maskable, 2.0).argsort(dim=-1)
+        rank = torch.empty_like(orders).scatter_(1, orders, torch.arange(n, device=orders.device).expand(b, n))
+        return rank < num[:, None]
+
+    def __repr__(self) -> str:
+        return (f"TruncNormalMasking(minimum={self.minimum}, mean={self.mean}, std={self.std}, "
+                f"maximum={self.maximum})")
+
+
+class FixedMasking:
+    """A given mask every call (tests, evaluation): ``mask [B, N] bool, True = masked``,
+    intersected with the batch's maskable set."""
+
+    def __init__(self, mask: Tensor) -> None:
+        self.mask = mask
+
+    def __call__(self, batch: "TokenBatch", generator: torch.Generator | None) -> Tensor:
+        return self.mask.to(batch.tokens.device) & batch.maskable_mask

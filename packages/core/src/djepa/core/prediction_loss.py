@@ -3,8 +3,11 @@
 ``L_p = mean over masked tokens of smooth_L1_β(u_θ(z_i), sg(g_i)).mean(channels)`` where z_i is
 the feature predictor's output, g_i the target encoder's (EMA) feature for the same token
 (detached here as well), and u_θ a two-layer MLP
-``Linear(D_p, 4·D_p) → LayerNorm(4·D_p, eps 1e-6) → GELU → Linear(4·D_p, D_e)``.
-β = 2.0 as in the official code (``shared/docs/FIDELITY.md``). The reduction runs in fp32.
+``Linear(D_p, 4·D_p) → GELU → LayerNorm(4·D_p, eps 1e-6) → Linear(4·D_p, D_e)`` — the order of
+timm's ``Mlp(norm_layer=...)`` that the official constructor uses (FIDELITY.md: "GELU, LayerNorm
+on the hidden layer"). ``order="norm_first"`` keeps this package's earlier
+``Linear → LayerNorm → GELU → Linear`` for runs trained with it. β = 2.0 as in the official code
+(``shared/docs/FIDELITY.md``). The reduction runs in fp32.
 """
 
 from __future__ import annotations
@@ -15,7 +18,33 @@ from torch import Tensor, nn
 
 from djepa.core.functional import masked_mean
 
-__all__ = ["PredictionLoss"]
+__all__ = ["PredictionLoss", "Projector", "PROJECTOR_ORDERS"]
+
+PROJECTOR_ORDERS = ("official", "norm_first")
+
+
+class Projector(nn.Sequential):
+    """u_θ. Children (names fixed, so state-dict keys ``projector.{0,1,3}.*`` are those of earlier
+    checkpoints): ``0`` Linear(D_p, 4·D_p), ``1`` LayerNorm(4·D_p, eps 1e-6), ``2`` GELU,
+    ``3`` Linear(4·D_p, D_e).
+
+    ``order="official"`` runs 0 → 2 → 1 → 3 (Linear → GELU → LayerNorm → Linear, timm ``Mlp``
+    with ``norm_layer``); ``"norm_first"`` runs 0 → 1 → 2 → 3.
+    Shapes: ``[..., D_p]`` → ``[..., D_e]``.
+    """
+
+    def __init__(self, pred_dim: int, hidden: int, target_dim: int, order: str = "official") -> None:
+        if order not in PROJECTOR_ORDERS:
+            raise ValueError(f"projector order must be one of {PROJECTOR_ORDERS}, got {order!r}")
+        super().__init__(nn.Linear(pred_dim, hidden), nn.LayerNorm(hidden, eps=1e-6), nn.GELU(),
+                         nn.Linear(hidden, target_dim))
+        self.order = order
+
+    def forward(self, z: Tensor) -> Tensor:  # type: ignore[override]
+        fc1, norm, act, fc2 = self
+        h = fc1(z)
+        h = norm(act(h)) if self.order == "official" else act(norm(h))
+        return fc2(h)
 
 
 class PredictionLoss(nn.Module):
@@ -25,12 +54,14 @@ class PredictionLoss(nn.Module):
         pred_dim: D_p, predictor width (input of u_θ).
         target_dim: D_e, target-encoder width (output of u_θ).
         beta: smooth-L1 threshold β (> 0).
+        order: ``"official"`` (Linear → GELU → LayerNorm → Linear) or ``"norm_first"`` (see
+            :class:`Projector`).
 
     Init: xavier-uniform Linear weights, zero biases, LayerNorm weight 1 / bias 0.
     Parameter count for 768 → 768: 4,728,576.
     """
 
-    def __init__(self, pred_dim: int, target_dim: int, beta: float = 2.0) -> None:
+    def __init__(self, pred_dim: int, target_dim: int, beta: float = 2.0, order: str = "official") -> None:
         super().__init__()
         if beta <= 0:
             raise ValueError(f"smooth-L1 beta must be > 0, got {beta}")
@@ -38,12 +69,7 @@ class PredictionLoss(nn.Module):
         self.pred_dim = pred_dim
         self.target_dim = target_dim
         self.beta = float(beta)
-        self.projector = nn.Sequential(
-            nn.Linear(pred_dim, hidden),
-            nn.LayerNorm(hidden, eps=1e-6),
-            nn.GELU(),
-            nn.Linear(hidden, target_dim),
-        )
+        self.projector = Projector(pred_dim, hidden, target_dim, order)
         for module in self.projector:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)

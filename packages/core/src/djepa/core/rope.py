@@ -2,14 +2,18 @@
 
 RoPE (Su et al., "RoFormer", 2021) rotates each pair of query/key channels by an angle
 proportional to the token's position, so that ``<R(p_q) q, R(p_k) k>`` depends only on
-``p_q − p_k``. The axial variant splits the head dimension into ``ndim`` equal chunks and gives
-each chunk the positions along one axis (time / height / width). The paper's published
-parameter counts match a RoPE backbone without learned position tables (FIDELITY.md "Model").
+``p_q − p_k``. The axial variant splits the head dimension into ``ndim`` chunks — one per axis
+(time / height / width) — and gives each chunk the positions along its axis. The chunks may be
+unequal (``split``, e.g. 16 / 24 / 24 channels of a 64-wide head for (T, H, W)), so that 3-D
+RoPE builds at head widths 64 and 80 (B / L / H presets). The paper's published parameter counts
+match a RoPE backbone without learned position tables (FIDELITY.md "Model").
 
 Convention (used consistently by :class:`AxialRoPE` and :func:`apply_rope`): **interleaved
 pairs** — channel pair ``i`` is ``(x[..., 2i], x[..., 2i+1])`` and is rotated by angle
-``θ_i = pos_axis(i) · freq(i)``. Pairs ``[a·P, (a+1)·P)`` with ``P = head_dim / (2·ndim)``
-belong to axis ``a``; within an axis, ``freq_j = theta^(−2j / (head_dim/ndim))``.
+``θ_i = pos_axis(i) · freq(i)``. Axis ``a`` owns ``split[a]`` consecutive channels
+(``split[a] / 2`` pairs, axes in order); within an axis of ``c = split[a]`` channels,
+``freq_j = theta^(−2j / c)``. With the equal split ``c = head_dim / ndim`` this is the original
+axial RoPE, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TokenGrid", "AxialRoPE", "apply_rope"]
+__all__ = ["TokenGrid", "AxialRoPE", "apply_rope", "default_rope_split"]
 
 
 @dataclass(frozen=True)
@@ -65,40 +69,76 @@ class TokenGrid:
         return torch.stack(grids, dim=-1).reshape(-1, self.ndim)
 
 
+def default_rope_split(head_dim: int, ndim: int) -> tuple[int, ...]:
+    """Channels per axis for a ``head_dim``-wide head and ``ndim`` axes.
+
+    The equal split ``head_dim / ndim`` when every share is even (today's axial RoPE, e.g.
+    32 / 32 for a 2-D grid at head width 64); otherwise the ``head_dim / 2`` channel pairs are
+    dealt as evenly as possible, the remainder going to the *last* axes (the spatial ones of
+    (T, H, W)): 64 → 20 / 22 / 22, 80 → 26 / 26 / 28, 10 (2-D) → 4 / 6.
+
+    Raises:
+        ValueError: ``head_dim`` odd or smaller than ``2·ndim``, or ``ndim`` not in 1..3.
+    """
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"RoPE supports ndim 1, 2 or 3, got {ndim}")
+    if head_dim <= 0 or head_dim % 2 or head_dim < 2 * ndim:
+        raise ValueError(f"head_dim={head_dim} must be even and >= 2*ndim={2 * ndim} for {ndim}-D RoPE")
+    pairs = head_dim // 2
+    base, extra = divmod(pairs, ndim)
+    return tuple(2 * (base + (1 if a >= ndim - extra else 0)) for a in range(ndim))
+
+
 class AxialRoPE(nn.Module):
     """Axial rotary embedding: maps token coordinates to per-pair ``(cos, sin)`` tables.
 
     Args:
-        head_dim: channels per attention head ``d``; must be divisible by ``2·ndim``.
+        head_dim: channels per attention head ``d``.
         ndim: number of position axes (1, 2 or 3).
         theta: base of the frequency ladder (10000 as in RoFormer).
+        split: channels per axis, each even and positive, summing to ``head_dim`` (e.g.
+            ``(16, 24, 24)``). ``None`` = the equal split, which needs ``head_dim % (2·ndim) == 0``;
+            :func:`default_rope_split` gives a valid split for any even head width.
 
     Has no parameters and no buffers: the inverse frequencies are recomputed in float32 on
     every call (``d/2`` numbers), so ``model.to(torch.bfloat16)`` or meta-device construction
     followed by ``to_empty`` cannot corrupt them.
 
     Raises:
-        ValueError: if ``head_dim`` is not divisible by ``2·ndim`` or ``ndim`` not in 1..3.
+        ValueError: equal split requested but ``head_dim`` not divisible by ``2·ndim``; a
+            ``split`` of the wrong length, with an odd or non-positive share, or not summing to
+            ``head_dim``; ``ndim`` not in 1..3.
     """
 
-    def __init__(self, head_dim: int, ndim: int, theta: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, ndim: int, theta: float = 10000.0,
+                 split: tuple[int, ...] | None = None) -> None:
         super().__init__()
         if ndim not in (1, 2, 3):
             raise ValueError(f"AxialRoPE supports ndim 1, 2 or 3, got {ndim}")
-        if head_dim <= 0 or head_dim % (2 * ndim) != 0:
-            raise ValueError(
-                f"head_dim={head_dim} must be a positive multiple of 2*ndim={2 * ndim} "
-                "(each axis needs an equal, even share of the head channels)"
-            )
+        if split is None:
+            if head_dim <= 0 or head_dim % (2 * ndim) != 0:
+                raise ValueError(
+                    f"head_dim={head_dim} must be a positive multiple of 2*ndim={2 * ndim} "
+                    "for the equal split (each axis an equal, even share of the head channels); "
+                    "pass split=default_rope_split(head_dim, ndim) for an unequal one"
+                )
+            split = (head_dim // ndim,) * ndim
+        split = tuple(int(c) for c in split)
+        if len(split) != ndim or any(c <= 0 or c % 2 for c in split) or sum(split) != head_dim:
+            raise ValueError(f"RoPE split {split} must be {ndim} positive even channel counts "
+                             f"summing to head_dim={head_dim}")
         self.head_dim = head_dim
         self.ndim = ndim
         self.theta = float(theta)
+        self.split = split
 
-    def inv_freq(self, device: torch.device | str | None = None) -> Tensor:
-        """Per-axis inverse frequencies, float32 ``[head_dim / (2·ndim)]`` (same for all axes)."""
-        chunk = self.head_dim // self.ndim
-        j = torch.arange(0, chunk, 2, device=device, dtype=torch.float64)
-        return (self.theta ** (-j / chunk)).float()
+    def inv_freq(self, device: torch.device | str | None = None) -> list[Tensor]:
+        """Per-axis inverse frequencies: one float32 ``[split[a] / 2]`` tensor per axis."""
+        out = []
+        for chunk in self.split:
+            j = torch.arange(0, chunk, 2, device=device, dtype=torch.float64)
+            out.append((self.theta ** (-j / chunk)).float())
+        return out
 
     def forward(self, coords: Tensor) -> tuple[Tensor, Tensor]:
         """Args:
@@ -114,11 +154,11 @@ class AxialRoPE(nn.Module):
             raise ValueError(f"coords last dim must be ndim={self.ndim}, got shape {tuple(coords.shape)}")
         inv = self.inv_freq(coords.device)
         c = coords.to(torch.float32)
-        angles = torch.cat([c[..., a, None] * inv for a in range(self.ndim)], dim=-1)
+        angles = torch.cat([c[..., a, None] * inv[a] for a in range(self.ndim)], dim=-1)
         return angles.cos(), angles.sin()
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, ndim={self.ndim}, theta={self.theta}"
+        return f"head_dim={self.head_dim}, ndim={self.ndim}, theta={self.theta}, split={self.split}"
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -8,10 +8,19 @@ on the tokens chosen this step, with temperature τ and classifier-free guidance
 growing linearly with the revealed fraction, MAR/Muse). Tokens given up front (``known_tokens``
 + ``known_mask``) are never changed: the same loop then does inpainting / outpainting (App. D.4).
 
-Work that does not depend on the step is done once: orders, the schedule, condition and null
-embeddings. The feature predictor's last block computes only the rows revealed at each
-step. Steps that reveal nothing (possible when K > N) skip the network entirely, and the
-batch is doubled for CFG only when ``cfg_scale != 1``.
+Rows may differ (issue 11): a :class:`~djepa.core.batch.TokenBatch` template gives each row
+its length (padding), positions and which tokens to generate (``maskable``; the other real
+tokens are known and kept). Each row runs the cosine schedule over its *own* unknown tokens
+(and its own linear cfg schedule). With ``generators`` (one per row) every row draws its order
+and its noise from its own stream in the order it would alone, so a batched sample equals each
+row sampled alone and does not depend on the batch size; with one ``generator`` the whole batch
+shares a stream (the first release's behaviour, bit for bit on a full grid).
+
+CFG works with any condition kind: the unconditional half gets the model's null condition (the
+null class; the null sequence). Work that does not depend on the step is done once: orders, the
+schedules, condition and null states. The feature predictor's last block computes only the rows
+revealed at each step. Steps that reveal nothing for every row skip the network entirely, and
+the batch is doubled for CFG only when ``cfg_scale != 1``.
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from djepa.core.batch import TokenBatch
+from djepa.core.condition import SequenceInput
 from djepa.core.config import SamplerConfig
-from djepa.core.masking import random_orders
+from djepa.core.model import visible_index
+from djepa.core.rng import RowStreams
 
 __all__ = ["ARStep", "ar_schedule", "cfg_at", "generate"]
 
@@ -71,14 +83,43 @@ def cfg_at(cfg_scale: float, schedule: str, mask_len: int, num_tokens: int) -> f
     raise ValueError(f"unknown cfg schedule {schedule!r}; use 'linear' or 'constant'")
 
 
+def _batch_size_of(condition) -> int | None:
+    if isinstance(condition, Tensor):
+        return condition.shape[0]
+    if isinstance(condition, SequenceInput):
+        return condition.values.shape[0]
+    return None
+
+
+def _orders(known: Tensor, valid: Tensor, generator: torch.Generator | None,
+            generators: list[torch.Generator] | None) -> Tensor:
+    """``[B, N]`` per-row orders: known positions first, then the unknown ones in uniformly
+    random order, padding last. One ``rand(B, N)`` from ``generator`` (the first release's draw),
+    or per row ``rand(L_b)`` over its real tokens from ``generators[b]``."""
+    b, n = known.shape
+    device = known.device
+    if generators is None:
+        keys = torch.rand(b, n, generator=generator,
+                          device=generator.device if generator is not None else device).to(device)
+    else:
+        keys = torch.full((b, n), 2.0, device=device)
+        for i, g in enumerate(generators):
+            row = valid[i]
+            keys[i, row] = torch.rand(int(row.sum()), generator=g, device=g.device).to(device)
+    keys = keys.masked_fill(known, -1.0).masked_fill(~valid, 3.0)
+    return keys.argsort(dim=-1)
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
-    labels: Tensor | None,
+    condition=None,
     config: SamplerConfig = SamplerConfig(),
     *,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
+    batch: TokenBatch | None = None,
     known_tokens: Tensor | None = None,
     known_mask: Tensor | None = None,
     clip_range: tuple[float, float] | None = None,
@@ -89,99 +130,146 @@ def generate(
     Args:
         model: a :class:`~djepa.core.model.DJEPA` (usually the EMA weights). Put into eval mode
             for the call and restored afterwards.
-        labels: ``[B] int64`` class ids, or ``None`` for unconditional samples (null class;
-            cfg is then ignored).
+        condition: ``[B] int64`` class ids, a :class:`~djepa.core.condition.SequenceInput`, or
+            ``None`` for unconditional samples (the null condition; cfg is then ignored).
         config: AR steps K, cfg scale and schedule, temperature τ, denoising steps.
-        batch_size: B when ``labels`` is ``None``.
-        generator: ``torch.Generator`` (on the model's device, or CPU) for orders and noise: the
-            same seed gives bit-identical samples.
-        known_tokens: ``[B, N, D]`` tokens to keep (inpainting/outpainting); read where
-            ``known_mask`` is True.
-        known_mask: ``[B, N] bool, True = known`` (given, never changed). Every row must have the
-            same number of known tokens.
+        batch_size: B when neither ``condition`` nor ``batch`` gives it.
+        generator: one ``torch.Generator`` (on the model's device, or CPU) for the whole batch's
+            orders and noise: the same seed gives bit-identical samples.
+        generators: one generator per row instead (see the module docstring): batched output
+            equals each row sampled alone with its generator. Exclusive with ``generator``.
+        batch: a :class:`TokenBatch` template: rows of different length (``padding``), their
+            ``positions``, and per row the tokens to generate (``maskable``; None = all real
+            tokens). Real non-maskable tokens are known: read from ``batch.tokens``, never
+            changed. Known counts may differ per row.
+        known_tokens: ``[B, N, D]`` tokens to keep (inpainting/outpainting) on the model's full
+            grid; read where ``known_mask`` is True (the same as a ``batch`` with
+            ``maskable = ~known_mask``).
+        known_mask: ``[B, N] bool, True = known`` (given, never changed); counts may differ per row.
         clip_range: clip the denoiser's x₀ prediction to this range (the tokenizer's value range,
             e.g. (−1, 1) for pixels; ``None`` for unbounded latents). See FIDELITY.md's pitfall.
         callback: ``callback(step, num_steps, tokens)`` after every AR step (progress bars);
             ``tokens`` is the live buffer, filled in place: clone it to keep a snapshot.
 
     Returns:
-        ``[B, N, D] float32`` tokens (not clamped: the fraction outside the value range is a
-        health metric the caller reports).
+        ``[B, N, D] float32`` tokens (zeros at padding; not clamped: the fraction outside the
+        value range is a health metric the caller reports).
 
     Raises:
-        ValueError: inconsistent shapes, out-of-range labels, unequal known counts per row.
+        ValueError: inconsistent shapes or batch sizes, out-of-range labels, both ``batch`` and
+            ``known_tokens``, both ``generator`` and ``generators``.
     """
     cfgm = model.config
-    n, d = cfgm.seq_len, cfgm.token_dim
+    d = cfgm.token_dim
     device = next(model.parameters()).device
-    if labels is not None:
-        labels = labels.to(device)
-        b = labels.shape[0]
-        if batch_size is not None and batch_size != b:
-            raise ValueError(f"batch_size {batch_size} does not match {b} labels")
-    elif batch_size is not None:
-        b = batch_size
-    else:
-        raise ValueError("give labels or batch_size")
-
+    if generator is not None and generators is not None:
+        raise ValueError("give generator (one stream) or generators (one per row), not both")
     if (known_tokens is None) != (known_mask is None):
         raise ValueError("known_tokens and known_mask go together")
-    if known_mask is not None:
-        if tuple(known_mask.shape) != (b, n) or tuple(known_tokens.shape) != (b, n, d):
-            raise ValueError(f"known_mask must be [{b}, {n}] and known_tokens [{b}, {n}, {d}], got "
-                             f"{list(known_mask.shape)} and {list(known_tokens.shape)}")
-        known_mask = known_mask.to(device=device, dtype=torch.bool)
-        counts = known_mask.sum(1)
-        if b and not bool((counts == counts[0]).all()):
-            raise ValueError("every row of known_mask must have the same number of known tokens")
-        num_known = int(counts[0]) if b else 0
-        tokens = torch.where(known_mask.unsqueeze(-1), known_tokens.to(device).float(),
-                             torch.zeros((), device=device))
+    if batch is not None and known_mask is not None:
+        raise ValueError("give known tokens through batch (maskable = tokens to generate) or "
+                         "known_tokens/known_mask, not both")
+    sizes = {s for s in (_batch_size_of(condition), batch_size,
+                         None if batch is None else batch.batch_size,
+                         None if generators is None else len(generators)) if s is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"inconsistent batch sizes {sorted(sizes)} (condition, batch_size, batch, generators)")
+    if not sizes:
+        raise ValueError("give a condition, batch_size or batch")
+    b = sizes.pop()
+    if isinstance(condition, Tensor):
+        condition = condition.to(device)
+    elif isinstance(condition, SequenceInput):
+        condition = SequenceInput(condition.values.to(device),
+                                  None if condition.padding is None else condition.padding.to(device))
+
+    positions = None
+    if batch is None:
+        n = cfgm.seq_len
+        if known_mask is not None:
+            if tuple(known_mask.shape) != (b, n) or tuple(known_tokens.shape) != (b, n, d):
+                raise ValueError(f"known_mask must be [{b}, {n}] and known_tokens [{b}, {n}, {d}], got "
+                                 f"{list(known_mask.shape)} and {list(known_tokens.shape)}")
+            known = known_mask.to(device=device, dtype=torch.bool)
+            tokens = torch.where(known.unsqueeze(-1), known_tokens.to(device).float(),
+                                 torch.zeros((), device=device))
+        else:
+            known = torch.zeros(b, n, dtype=torch.bool, device=device)
+            tokens = torch.zeros(b, n, d, device=device)
+        padding = None
+        valid = torch.ones(b, n, dtype=torch.bool, device=device)
     else:
-        num_known = 0
-        tokens = torch.zeros(b, n, d, device=device)
+        batch = model.as_batch(batch.to(device))
+        n = batch.num_tokens
+        valid, padding = batch.valid, batch.padding
+        known = valid & ~batch.maskable_mask
+        tokens = torch.where(known.unsqueeze(-1), batch.tokens.float(), torch.zeros((), device=device))
+        positions = batch.positions
 
-    # Orders: known positions first, then a uniformly random permutation of the unknown ones.
-    orders = random_orders(b, n, device=device, generator=generator, first=known_mask)
-
-    num_unknown = n - num_known
-    schedule = ar_schedule(num_unknown, config.num_ar_steps)
-    use_cfg = labels is not None and config.cfg_scale != 1.0
-    cond = model.condition(labels, b)
+    orders = _orders(known, valid, generator, generators)
+    num_known = known.sum(1).tolist()
+    num_unknown = (valid & ~known).sum(1).tolist()
+    schedules = [ar_schedule(u, config.num_ar_steps) for u in num_unknown]
+    use_cfg = condition is not None and config.cfg_scale != 1.0 and getattr(model.condition, "kind", "class") != "none"
+    state = model.condition_state(condition, b)
     if use_cfg:
-        cond = torch.cat([cond, model.condition.null(b)], dim=0)
+        state = state.cat(model.null_state(b))
     extra = {}
     if cfgm.loss.kind == "flow":
         extra = dict(solver=config.flow_solver)
         if config.flow_time_shift is not None:
             extra["time_shift"] = config.flow_time_shift
+    kw = {}
+    if positions is not None:
+        kw["positions"] = torch.cat([positions, positions]) if use_cfg else positions
+    if padding is not None:
+        kw["padding"] = torch.cat([padding, padding]) if use_cfg else padding
+    arange_n = torch.arange(n, device=device)
 
     was_training = model.training
     model.eval()
     try:
-        revealed = num_known
-        for k, step in enumerate(schedule):
-            if step.num_revealed > 0:
-                visible = orders[:, :revealed].sort(dim=1).values
-                pred_idx = orders[:, revealed:revealed + step.num_revealed]
-                tok_in, vis_in = tokens, visible
+        revealed = torch.tensor(num_known, device=device)
+        for k in range(config.num_ar_steps):
+            take = [sch[k].num_revealed for sch in schedules]
+            if any(take):
+                take_t = torch.tensor(take, device=device)
+                q = max(take)
+                rank = torch.empty_like(orders).scatter_(1, orders, arange_n.expand(b, n))
+                visible_idx, visible_pad = visible_index(rank < revealed[:, None])
+                slots = revealed[:, None] + torch.arange(q, device=device)[None, :]
+                in_step = slots < (revealed + take_t)[:, None]
+                pred_idx = orders.gather(1, slots.clamp(max=n - 1))  # [B, Q]; fillers unused
+                tok_in, vis_in, pred_in = tokens, visible_idx, pred_idx
+                step_kw = dict(kw)
+                if visible_pad is not None:
+                    step_kw["visible_padding"] = torch.cat([visible_pad, visible_pad]) if use_cfg else visible_pad
                 if use_cfg:
-                    tok_in, vis_in = torch.cat([tokens, tokens]), torch.cat([visible, visible])
+                    tok_in, vis_in = torch.cat([tokens, tokens]), torch.cat([visible_idx, visible_idx])
+                    pred_in = torch.cat([pred_idx, pred_idx])
                 # γ's last block and final norm run on the rows revealed this step only
-                z_sel = model.features(tok_in, cond, vis_in,
-                                       torch.cat([pred_idx, pred_idx]) if use_cfg else pred_idx)
-                z_sel = z_sel.reshape(-1, z_sel.shape[-1])
-                z_cond, z_uncond = z_sel.chunk(2) if use_cfg else (z_sel, None)
-                scale = cfg_at(config.cfg_scale, config.cfg_schedule, step.mask_len, max(num_unknown, 1))
+                z_sel = model.features(tok_in, state, vis_in, pred_in, **step_kw)
+                sel = in_step.reshape(-1)
+                z_cond = z_sel[:b].reshape(b * q, -1)[sel]
+                z_uncond = z_sel[b:].reshape(b * q, -1)[sel] if use_cfg else None
+                scales = [cfg_at(config.cfg_scale, config.cfg_schedule, sch[k].mask_len, max(u, 1))
+                          for sch, u in zip(schedules, num_unknown)]
+                if not use_cfg:
+                    scale = 1.0
+                elif all(sc == scales[0] for sc, t in zip(scales, take) if t):
+                    scale = next(sc for sc, t in zip(scales, take) if t)
+                else:
+                    scale = torch.tensor(scales, device=device).repeat_interleave(take_t)
+                noise_gen = generator if generators is None else RowStreams(generators, take)
                 x = model.token_loss.sample(
-                    z_cond, z_uncond=z_uncond, cfg_scale=scale if use_cfg else 1.0,
+                    z_cond, z_uncond=z_uncond, cfg_scale=scale,
                     temperature=config.temperature, num_steps=config.num_denoise_steps,
-                    generator=generator, clip_range=clip_range, **extra)
-                tokens.scatter_(1, pred_idx.unsqueeze(-1).expand(-1, -1, d),
-                                x.float().reshape(b, step.num_revealed, d))
-                revealed += step.num_revealed
+                    generator=noise_gen, clip_range=clip_range, **extra)
+                flat = (pred_idx + arange_n.new_tensor(range(b))[:, None] * n).reshape(-1)[sel]
+                tokens.view(b * n, d)[flat] = x.float()
+                revealed = revealed + take_t
             if callback is not None:
-                callback(k, len(schedule), tokens)
+                callback(k, config.num_ar_steps, tokens)
     finally:
         model.train(was_training)
     return tokens

@@ -241,10 +241,10 @@ def run(cfg: ImageInpaintConfig) -> dict:
     known_mask = torch.from_numpy(~unknown).unsqueeze(0).to(device)
     sampler = cfg.sampler_config(n_unknown)
     labels = None if cfg.class_id is None else torch.tensor([cfg.class_id], device=device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gens = [torch.Generator(device=device).manual_seed(cfg.seed)]  # one stream per image (core.rng)
     t0 = time.perf_counter()
     with cfg.autocast(device):
-        tokens = generate(model, labels, sampler, batch_size=1, generator=gen, known_tokens=known_tokens,
+        tokens = generate(model, labels, sampler, batch_size=1, generators=gens, known_tokens=known_tokens,
                           known_mask=known_mask, clip_range=tokenizer.value_range)
     seconds = time.perf_counter() - t0
     result = to_uint8(tokenizer.decode(tokens.float()).cpu())[0]  # [H, W, C] uint8

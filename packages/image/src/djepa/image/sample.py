@@ -101,6 +101,7 @@ def parse_classes(spec: str, num_classes: int) -> list[int]:
 
 def run(cfg: ImageSampleConfig) -> dict:
     """Generate and write the images; returns a summary dict (also printed)."""
+    from djepa.core.rng import row_generators
     from djepa.core.sampler import generate
     from djepa.image.grid import save_image_grid, save_images_imagefolder
     from djepa.image.tokenizer import fraction_outside
@@ -114,7 +115,6 @@ def run(cfg: ImageSampleConfig) -> dict:
     classes = parse_classes(cfg.classes, model.config.num_classes)
     sampler = cfg.sampler_config(model.config.seq_len)
     labels = torch.tensor(classes).repeat_interleave(cfg.num_per_class)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     old = [p for p in out.glob("*/*.png") if p.parent.name.isdigit()] if out.is_dir() else []
     if old and not cfg.overwrite:
@@ -128,7 +128,9 @@ def run(cfg: ImageSampleConfig) -> dict:
     for start in range(0, len(labels), cfg.batch_size):
         lab = labels[start:start + cfg.batch_size].to(device)
         with cfg.autocast(device):
-            tokens = generate(model, lab, sampler, generator=gen,
+            # image i draws from its own stream seeded seed + i: the same images at any --batch-size
+            gens = row_generators(range(cfg.seed + start, cfg.seed + start + len(lab)), device)
+            tokens = generate(model, lab, sampler, generators=gens,
                               clip_range=tokenizer.value_range).float().cpu()
         outside += fraction_outside(tokens, tokenizer.value_range) * tokens.numel()
         total += tokens.numel()

@@ -50,7 +50,8 @@ class SamplerFlags:
     flow_solver: str = "heun"
     """ODE solver for flow-matching models: euler or heun."""
     seed: int = 0
-    """Seed of orders and noise: same seed, same images."""
+    """Seed of orders and noise: image i (in output order) draws from its own stream seeded
+    seed + i, so the same seed gives the same images at any --batch-size."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:1, …"""
     precision: str = "bf16"

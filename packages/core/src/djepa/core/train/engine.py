@@ -5,7 +5,10 @@ parameter groups, ZeRO stage 0/1/2, gradient clipping and accumulation), keeps a
 :class:`~djepa.core.ema.EMA` that is passed to the model as its target encoder on every step,
 writes verified checkpoints, and logs to a progress bar and TensorBoard.
 
-Model contract: ``model(tokens: [B, N, D] float, labels: [B] int64, *, target_model=ema.module)``
+Model contract: ``model(**prepare(batch), target_model=ema.module)`` — the modality's prepare
+step returns the keyword arguments (default ``{"tokens": [B, N, D] float, "labels": [B] int64}``;
+``tokens`` may be a :class:`~djepa.core.batch.TokenBatch`, and any condition key the model
+takes, e.g. ``condition=SequenceInput(...)``)
 returns a NamedTuple whose first field is the total ``loss`` (scalar) and whose other fields are
 loss parts (D-JEPA: ``DJEPAOutput(loss, token_loss, prediction_loss)``); all fields are logged.
 The model draws its training randomness from torch's global RNG, which is seeded with
@@ -81,6 +84,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from djepa.core.batch import TokenBatch
 from djepa.core.ema import EMA
 from djepa.core.train import checkpoint as ckpt
 from djepa.core.train import distributed as D
@@ -145,6 +149,15 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _cast_tokens(tokens: Any, dtype: torch.dtype) -> Any:
+    """Floating tokens (a tensor or a TokenBatch's) cast to ``dtype``; anything else unchanged."""
+    if isinstance(tokens, TokenBatch):
+        return tokens.to(tokens.tokens.device, dtype) if tokens.tokens.is_floating_point() else tokens
+    if isinstance(tokens, Tensor) and tokens.is_floating_point():
+        return tokens.to(dtype)
+    return tokens
 
 
 def _default_prepare(batch: Any, device: torch.device) -> dict[str, Tensor]:
@@ -448,12 +461,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
                 names: list[str] = []
                 bad, bad_grad, stop_any = 0, False, False
                 for _ in range(gas):
-                    inputs = prepare(next(loader), device)
-                    tokens = inputs["tokens"]
-                    if in_dtype is not None and tokens.is_floating_point():
-                        tokens = tokens.to(in_dtype)  # DeepSpeed fp16 holds fp16 weights
-                    with autocast():
-                        res = engine(tokens, inputs["labels"], target_model=ema.module)
+                    inputs = dict(prepare(next(loader), device))
+                    if in_dtype is not None:  # DeepSpeed fp16 holds fp16 weights
+                        inputs["tokens"] = _cast_tokens(inputs["tokens"], in_dtype)
+                    with autocast():  # the model gets whatever the modality's prepare returned
+                        res = engine(**inputs, target_model=ema.module)
                     parts = res._asdict() if hasattr(res, "_asdict") else {"loss": res}
                     names = list(parts)
                     vec = torch.stack([v.detach().float().reshape(()) for v in parts.values()]
