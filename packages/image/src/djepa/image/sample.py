@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.image.sampler_flags import SamplerFlags, resolve_device
 
 __all__ = ["ImageSampleConfig", "load_checkpoint_ema", "load_generator", "parse_classes", "run", "main"]
@@ -37,6 +38,8 @@ class ImageSampleConfig(SamplerFlags):
     """Where the PNGs and grid.png go."""
     overwrite: bool = False
     """Replace the PNGs of an output folder that already holds samples (refused otherwise)."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
 
 
 def resolve_pretrained(path: str | Path) -> Path:
@@ -157,7 +160,7 @@ def run(cfg: ImageSampleConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-sample``."""
-    return run_main("image-sample", lambda: run(parse(ImageSampleConfig, argv, prog="image-sample")) and 0)
+    return run_main("image-sample", lambda: run(with_cpu_speed(parse(ImageSampleConfig, argv, prog="image-sample"))) and 0)
 
 
 if __name__ == "__main__":
