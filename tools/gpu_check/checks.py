@@ -137,7 +137,7 @@ def check_environment(ctx: Context) -> dict:
 # ============================================================================ 2. equality
 def _reference_attention(q, k, v, key_padding_mask):
     """softmax(q kᵀ/√d) v in float64 on CPU; all-padding rows give zeros (the library's rule)."""
-    q, k, v = (t.detach().double().cpu() for t in (q, k, v))
+    q, k, v = (t.double().cpu() for t in (q, k, v))
     s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if key_padding_mask is not None:
         m = key_padding_mask.cpu()

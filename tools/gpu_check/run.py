@@ -126,7 +126,7 @@ def worker(args: argparse.Namespace) -> int:
             emit(event="end", name=name, status="fail", seconds=0.0,
                  summary=f"not run: time budget exhausted ({left:.0f} s left)")
             continue
-        ctx.deadline = time.time() + min(check.timeout_s, left)
+        ctx.deadline = time.time() + min(check.timeout_s, args.max_check_s or math.inf, left)
         emit(event="start", name=name, deadline=ctx.deadline)
         print(f"=== {name}", flush=True)
         t0 = time.perf_counter()
@@ -218,7 +218,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         log = open(out / "logs" / f"worker_{launches}.log", "w")
         cmd = [sys.executable, str(HERE / "run.py"), "--worker", "--out", str(out),
                "--results", str(results_file), "--checks", ",".join(pending),
-               "--budget-end", repr(budget_end), "--skip", args.skip or ""] \
+               "--budget-end", repr(budget_end), "--skip", args.skip or "",
+               "--max-check-s", repr(args.max_check_s or 0.0)] \
             + (["--dry-run"] if args.dry_run else [])
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                 start_new_session=True)
@@ -244,8 +245,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                 break
             now = time.time()
             if current is not None and now > current[1] + GRACE_S:
-                killed = (f"timed out (limit {C.BY_NAME[current[0]].timeout_s:.0f} s or the "
-                          f"budget's end, whichever came first)")
+                limit = min(C.BY_NAME[current[0]].timeout_s, args.max_check_s or math.inf)
+                killed = f"timed out (limit {limit:.0f} s, or the budget's end if sooner)"
             elif now > budget_end + 2 * GRACE_S:
                 killed = "killed at the end of the time budget"
             if killed:
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default $OUT/gpu_check or runs/gpu_check/<time>)")
     ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="time budget of the whole run")
     ap.add_argument("--only", default=None, help="comma-separated check names (default: all)")
+    ap.add_argument("--max-check-s", type=float, default=None,
+                    help="cap on every check's own timeout (seconds)")
     ap.add_argument("--skip", default=None,
                     help="comma-separated check names listed as skipped without running them")
     ap.add_argument("--keep-work", action="store_true", help="keep OUT/work (runs, checkpoints) on success")
