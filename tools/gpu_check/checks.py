@@ -183,6 +183,7 @@ def _attention_cases(device: torch.device, kernel: str) -> dict[str, Any]:
                            for a, b in ((qd, qr), (kd, kr), (vd, vr)))
                 out[f"{mname}/fp32/grad_max_abs_err"] = gerr
                 worst.append((gerr / ATT_TOL["fp32_grad"], f"{mname}/fp32 grad"))
+    worst = [(r if math.isfinite(r) else math.inf, n) for r, n in worst]  # NaN fails too
     out["worst_vs_tolerance"] = max(worst)[0]
     out["worst_case"] = max(worst)[1]
     return out
@@ -615,11 +616,27 @@ def check_speed_sample_nocfg(ctx: Context) -> dict:
 def _speed_train(ctx: Context, compiled: bool) -> dict:
     T = api.bench_module("train_step")
     s = _speed_setup(ctx)
-    r = T.run(s["cfg"], batch=s["train_batch"], device=ctx.device, precision="bf16",
-              steps=s["train_steps"], warmup=s["train_warmup"], compile_=compiled,
-              max_seconds=max(1.0, ctx.seconds_left() - 10))
+    batch, oom = s["train_batch"], []
+    while True:  # out of memory: halve the batch (recorded) rather than lose the row
+        try:
+            r = T.run(s["cfg"], batch=batch, device=ctx.device, precision="bf16",
+                      steps=s["train_steps"], warmup=s["train_warmup"], compile_=compiled,
+                      max_seconds=max(1.0, ctx.seconds_left() - 10))
+            break
+        except torch.cuda.OutOfMemoryError:
+            if batch <= 8:
+                raise
+            oom.append(batch)
+            batch //= 2
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
     r.pop("flops", None)
-    r.update(preset=s["label"], batch=s["train_batch"], precision="bf16", compiled=compiled)
+    r.pop("all_step_ms", None)
+    r.update(preset=s["label"], batch=batch, precision="bf16", compiled=compiled,
+             out_of_memory_at_batch=oom)
+    s = dict(s, train_batch=batch)
     ok = math.isfinite(r["final_loss"])
     return _result(ok, f"{s['label']} bf16 training step batch {s['train_batch']}"
                        f"{' compiled' if compiled else ''}: {r['ms_per_step']:.1f} ms, "

@@ -64,8 +64,11 @@ def markdown(report: dict) -> str:
     m = report["meta"]
     lines = [f"# gpu_check ({'dry run on CPU' if m['dry_run'] else m.get('gpu') or m['device']})", "",
              f"{m['started_utc']}, {m['wall_s']:.0f} s of a {m['budget_s']:.0f} s budget; "
-             f"{m['counts']}", "",
-             "| check | status | s | result |", "| --- | --- | ---: | --- |"]
+             f"{m['counts']}", ""]
+    if m["dry_run"]:
+        lines += ["Dry run: the CPU stands in for CUDA (device-vs-CPU comparisons are CPU against "
+                  "CPU; attention is against float64), toy sizes instead of the B preset.", ""]
+    lines += ["| check | status | s | result |", "| --- | --- | ---: | --- |"]
     for r in report["checks"]:
         summary = str(r.get("summary", "")).replace("|", "/")
         lines.append(f"| {r['name']} | {r['status']} | {_fmt(r.get('seconds'))} | {summary} |")
@@ -151,14 +154,35 @@ def worker(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ orchestrator
 def _worker_env(dry_run: bool) -> dict[str, str]:
     """One-process environment as the engine expects it without a launcher (no inherited RANK /
-    WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT; ``DS_ACCELERATOR=cpu`` in the dry
-    run), deterministic cuBLAS workspaces for the exact-resume check."""
+    WORLD_SIZE, MASTER_ADDR=127.0.0.1, no MASTER_PORT: the engine takes a free one when it
+    starts; ``DS_ACCELERATOR=cpu`` in the dry run), deterministic cuBLAS workspaces for the
+    exact-resume check."""
     sys.path.insert(0, str(HERE))
     from checks import cli_env
 
     env = cli_env(dry_run)
+    # the engine picks a free port when it starts (djepa.core.train.distributed): a port chosen
+    # here could be taken by another process before the worker reaches the engine check
+    env.pop("MASTER_PORT", None)
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if dry_run and "TORCH_EXTENSIONS_DIR" not in os.environ:
+        env["TORCH_EXTENSIONS_DIR"] = str(PRIVATE_EXTENSIONS)
     return env
+
+
+#: DeepSpeed JIT-builds its CPU shared-memory op (``deepspeed_shm_comm``) under a file lock that
+#: a killed process never releases (torch's ``FileBaton``), after which every DeepSpeed-on-CPU
+#: start waits forever. The dry run therefore builds into a folder of its own, where the
+#: locks left by a check this runner killed can be removed safely.
+PRIVATE_EXTENSIONS = REPO / "runs" / ".gpu_check_torch_extensions"
+
+
+def _remove_stale_locks(env: dict[str, str]) -> None:
+    root = Path(env.get("TORCH_EXTENSIONS_DIR", ""))
+    if root == PRIVATE_EXTENSIONS and root.is_dir():
+        for lock in root.glob("**/lock"):
+            lock.unlink(missing_ok=True)
+            print(f"gpu_check: removed {lock} (left by a killed check)", flush=True)
 
 
 def _default_out() -> Path:
@@ -183,8 +207,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         if unknown:
             print(f"gpu_check: error: unknown check(s) {unknown}; known: {', '.join(names)}", file=sys.stderr)
             return 2
-    if args.only:
-        names = [n for n in names if n in args.only.split(",")]
+    if args.only:  # in the order given
+        names = list(dict.fromkeys(filter(None, args.only.split(","))))
     out = Path(args.out) if args.out else _default_out()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     results_file = out / "logs" / "events.jsonl"
@@ -194,10 +218,9 @@ def orchestrate(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {"dry_run": args.dry_run, "device": "cpu" if args.dry_run else "cuda",
                             "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t_start)),
                             "budget_s": args.budget_s, "out": str(out), "argv": sys.argv[1:]}
-    if not args.dry_run:
-        meta["gpu"] = torch.cuda.get_device_name(0)
     results: dict[str, dict] = {}
     env = _worker_env(args.dry_run)
+    _remove_stale_locks(env)  # one gpu_check at a time per checkout
     n_read = 0
     launches = 0
 
@@ -206,7 +229,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         rows += [dict(name=n, status="fail", summary="not reached", seconds=None)
                  for n in names if n not in results]
         counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "skipped")}
-        meta.update(wall_s=time.time() - t_start, counts=counts, worker_launches=launches)
+        meta.update(wall_s=time.time() - t_start, counts=counts, worker_launches=launches,
+                    gpu=results.get("environment", {}).get("details", {}).get("gpu"))
         report = {"meta": meta, "checks": rows}
         (out / "gpu_check.json").write_text(json.dumps(_jsonable(report), indent=2) + "\n")
         (out / "gpu_check.md").write_text(markdown(report))
@@ -252,6 +276,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             if killed:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                _remove_stale_locks(env)
                 break
             time.sleep(0.2)
         log.close()
@@ -293,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="run the checks on the CPU at toy sizes")
     ap.add_argument("--out", default=None, help="output folder (default $OUT/gpu_check or runs/gpu_check/<time>)")
     ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="time budget of the whole run")
-    ap.add_argument("--only", default=None, help="comma-separated check names (default: all)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated check names, run in this order (default: all)")
     ap.add_argument("--max-check-s", type=float, default=None,
                     help="cap on every check's own timeout (seconds)")
     ap.add_argument("--skip", default=None,
