@@ -194,6 +194,13 @@ def _default_out() -> Path:
 def orchestrate(args: argparse.Namespace) -> int:
     import torch
 
+    if args.list:
+        sys.path.insert(0, str(HERE))
+        import checks as C
+
+        for c in C.CHECKS:
+            print(f"{c.name}\t{c.timeout_s:.0f} s{' (optional)' if c.optional else ''}\t{c.what}")
+        return 0
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing run "
               "(tools/gpu_check.sh --dry-run runs the checks on the CPU at toy sizes)")
@@ -249,10 +256,11 @@ def orchestrate(args: argparse.Namespace) -> int:
                                 start_new_session=True)
         current: tuple[str, float] | None = None
         killed = None
+        done_before = len(results)
         while True:
             rc = proc.poll()
             with open(results_file) as f:
-                lines = f.read().splitlines()
+                lines = f.read().split("\n")[:-1]  # complete lines only
             for line in lines[n_read:]:
                 e = json.loads(line)
                 if e.pop("event") == "start":
@@ -286,12 +294,13 @@ def orchestrate(args: argparse.Namespace) -> int:
                                    "seconds": None, "details": {}}
             print(f"FAIL {current[0]}: {results[current[0]]['summary']}", flush=True)
             write_report()
-        elif rc not in (0, 3) and killed is None and any(n not in results for n in names):
-            # died between checks: count it against the next one so the loop cannot spin
+        elif len(results) == done_before and any(n not in results for n in names):
+            # the worker ended without a result: count it against the next check (no spinning)
             nxt = next(n for n in names if n not in results)
             results[nxt] = {"status": "fail", "seconds": None, "details": {},
                             "summary": f"worker exited with status {rc} before the check; log {log.name}"}
             print(f"FAIL {nxt}: {results[nxt]['summary']}", flush=True)
+            write_report()
         if killed and time.time() > budget_end:
             for n in names:
                 if n not in results:
@@ -316,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tools/gpu_check.sh", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="run the checks on the CPU at toy sizes")
+    ap.add_argument("--list", action="store_true", help="list the checks (name, timeout, what) and exit")
     ap.add_argument("--out", default=None, help="output folder (default $OUT/gpu_check or runs/gpu_check/<time>)")
     ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="time budget of the whole run")
     ap.add_argument("--only", default=None,
