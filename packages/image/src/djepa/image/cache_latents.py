@@ -49,7 +49,7 @@ class CacheLatentsConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:1, …"""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
-    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def run(cfg: CacheLatentsConfig) -> dict:

@@ -58,7 +58,7 @@ class ComputeScaleConfig:
     kl16_config: str | None = None
     """JSON file of KL16Config fields for a non-standard kl16 checkpoint."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
-    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def latent_statistics(tokenizer, images, posterior: str = "sample", shift: float = 0.0,

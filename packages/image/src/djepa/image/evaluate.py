@@ -57,7 +57,7 @@ class ImageEvalConfig:
     progress: bool = True
     """Show a progress bar while extracting features."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
-    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def _device(spec: str) -> torch.device:

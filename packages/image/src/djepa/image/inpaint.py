@@ -70,7 +70,7 @@ class ImageInpaintConfig(SamplerFlags):
     class_id: Annotated[int | None, tyro.conf.arg(name="class")] = None
     """Class to condition on (default: the null class, unconditional)."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
-    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def _mode(channels: int) -> str:

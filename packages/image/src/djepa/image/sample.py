@@ -39,7 +39,7 @@ class ImageSampleConfig(SamplerFlags):
     overwrite: bool = False
     """Replace the PNGs of an output folder that already holds samples (refused otherwise)."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
-    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def resolve_pretrained(path: str | Path) -> Path:

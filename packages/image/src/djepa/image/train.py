@@ -80,7 +80,7 @@ class ImageTrainConfig:
     cached_latents: str | None = None
     """Train on an image-cache-latents folder (posterior sampled per step, flip p = 0.5)."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
-    """--cpu-speed (djepa.core.cpu_speed.CpuSpeedFlags)."""
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def build_model_config(cfg: ImageTrainConfig, *, channels: int, image_size: int, num_classes: int):
