@@ -70,6 +70,9 @@ def main() -> int:
                     help="compile the backbone for sampling (djepa.core.cpu_speed.compile), as image-sample --compile")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    from djepa.core.cpu_speed import SpeedSettings, install
+
+    install(SpeedSettings.on())  # the CPU speed paths the CLIs run (--cpu-speed on)
 
     from djepa.core.config import SamplerConfig
     from djepa.core.sampler import generate
