@@ -24,7 +24,7 @@ import torch
 from djepa.core.cli import UserError, flat_dict, parse, run_main
 from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
-from djepa.core.runs import TOKENIZER_FILE
+from djepa.core.runs import TOKENIZER_FILE, resumed_model_config
 from djepa.core.train.config import TrainConfig
 from djepa.core.train.checkpoint import one_writer
 
@@ -93,6 +93,10 @@ def build_model_config(cfg: ImageTrainConfig, *, channels: int, image_size: int,
     return cfg.model.build(token_dim=channels * cfg.patch_size ** 2, grid=(g, g), num_classes=num_classes)
 
 
+def _quiet(message: str) -> None:
+    """A log function that says nothing (ranks other than 0)."""
+
+
 def _is_rank0() -> bool:
     import os
 
@@ -133,11 +137,13 @@ def run(cfg: ImageTrainConfig) -> int:
     model_cfg = build_model_config(cfg, channels=tokenizer.latent_channels if latent else channels,
                                    image_size=tokenizer.latent_size[0] if latent else image_size,
                                    num_classes=num_classes)
+    train_cfg = cfg.train
+    out = Path(train_cfg.output_dir)
+    if train_cfg.resume is not False:  # an old run resumes with the choices it was trained with
+        model_cfg = resumed_model_config(out, model_cfg, log=print if _is_rank0() else _quiet)
     torch.manual_seed(cfg.train.seed)
     model = DJEPA(model_cfg)
 
-    train_cfg = cfg.train
-    out = Path(train_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)]))
     tok_info = dict(tokenizer.to_config(), class_names=class_names)  # djepa.core.tokenizer record

@@ -66,6 +66,7 @@ finishes, a checkpoint is written and ``train`` returns (``TrainResult.interrupt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -85,6 +86,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from djepa.core.batch import TokenBatch
+from djepa.core.config import with_saved_defaults
 from djepa.core.ema import EMA
 from djepa.core.train import checkpoint as ckpt
 from djepa.core.train import distributed as D
@@ -243,8 +245,14 @@ def _load_ema(path: Path, ema: EMA, device: torch.device) -> float | None:
 
 
 def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world: int,
-                             config_to_save: Mapping[str, Any] | None, must_match: tuple[str, ...]) -> None:
+                             config_to_save: Mapping[str, Any] | None, must_match: tuple[str, ...],
+                             model_config_type: type | None = None) -> None:
     """Refuse to resume a checkpoint written by a different run setup (clear one-line errors).
+
+    The saved ``model`` section is read as ``model_config_type`` (the model's config dataclass)
+    reads it (:func:`~djepa.core.config.with_saved_defaults`): a field the old file predates
+    counts as the value the old run used (``projector_order`` absent = ``"norm_first"``), so a
+    model built with today's default for it is refused rather than silently switched.
 
     Raises:
         djepa.core.train.checkpoint.CheckpointError: another model/data section, ZeRO stage,
@@ -253,6 +261,8 @@ def _check_resume_compatible(out: Path, ckpt_dir: Path, cfg: TrainConfig, world:
     saved_cfg_path = out / "config.json"
     if config_to_save and saved_cfg_path.is_file():
         saved_cfg = json.loads(saved_cfg_path.read_text())
+        if model_config_type is not None and "model" in saved_cfg:
+            saved_cfg["model"] = with_saved_defaults(model_config_type, saved_cfg["model"])
         now = json.loads(json.dumps(dict(config_to_save), default=str))
         for section in must_match:
             if section in now and section in saved_cfg and now[section] != saved_cfg[section]:
@@ -371,7 +381,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_index": 0, "skipped_total": 0,
                              "consecutive_nonfinite": 0, "samples_seen": 0}
     if tag is not None:
-        _check_resume_compatible(out, root / tag, cfg, world, config_to_save, must_match)
+        model_cfg = getattr(model, "config", None)
+        _check_resume_compatible(out, root / tag, cfg, world, config_to_save, must_match,
+                                 type(model_cfg) if dataclasses.is_dataclass(model_cfg) else None)
         load_path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=False,
                                               load_module_strict=True)
