@@ -114,10 +114,10 @@ def run(cfg: ImageTrainConfig) -> int:
         UserError / ValueError / FileNotFoundError: bad flags or data (clear messages).
     """
     from djepa.core.model import DJEPA
-    from djepa.core.sampler import generate
     from djepa.core.config import SamplerConfig, config_to_dict
     from djepa.core.train import train
     from djepa.image.datasets import build_dataset
+    from djepa.image.preview import ImageGridPreview
     from djepa.image.tokenizer import PixelTokenizer
 
     default_size = {"digits": 8, "idx": None, "imagefolder": None}[cfg.dataset]
@@ -155,21 +155,14 @@ def run(cfg: ImageTrainConfig) -> int:
         return {"tokens": tokenizer.encode(images.to(device, non_blocking=True)),
                 "labels": labels.to(device, non_blocking=True)}
 
-    grid_labels = torch.arange(num_classes).repeat_interleave(max(1, 100 // num_classes))[:100]
-    sampler_cfg = SamplerConfig(num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg,
-                                temperature=1.0, num_denoise_steps=50)
-
-    def sample_fn(ema_module, step):
-        dev = next(ema_module.parameters()).device
-        tokens = generate(ema_module, grid_labels.to(dev), sampler_cfg,
-                          generator=torch.Generator(device=dev).manual_seed(cfg.train.seed),
-                          clip_range=tokenizer.value_range)
-        return tokenizer.decode(tokens.float().cpu())
+    preview = ImageGridPreview(tokenizer, class_names, SamplerConfig(
+        num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg, temperature=1.0,
+        num_denoise_steps=50), num_images=100)
 
     data_info = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size,
                      vae=cfg.vae, cached_latents=cfg.cached_latents)
     result = train(model, dataset, train_cfg, prepare_batch=latent.prepare_batch if latent else prepare_batch,
-                   sample_fn=sample_fn if train_cfg.sample_every else None,
+                   preview=preview if train_cfg.sample_every else None,
                    config_to_save={"image": flat_dict(cfg), "model": config_to_dict(model_cfg),
                                    "tokenizer": tok_info, "data": data_info},
                    must_match=("model", "tokenizer", "data"))
