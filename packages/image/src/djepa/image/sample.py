@@ -25,9 +25,8 @@ class ImageSampleConfig:
     """Sample images from a trained D-JEPA (Algorithm 1)."""
 
     sampler: SamplerFlags = field(default_factory=SamplerFlags)
-    """Algorithm 1 settings, seed, device, precision (core SamplerFlags; flags without prefix:
-    --ar-steps, --denoise-steps, --cfg, --cfg-schedule, --temperature, --flow-solver, --seed,
-    --device, --precision, --compile)."""
+    """Sampler settings of Algorithm 1 (§3.5), seed, device and precision: the core's
+    SamplerFlags, shared by every sampling command."""
     checkpoint: str
     """A training output folder (its pretrained/ EMA export is used), a save_pretrained folder, or
     one checkpoint RUN/checkpoints/step_XXXXXXXX (its EMA weights)."""
