@@ -75,3 +75,16 @@ def test_the_engine_refuses_an_official_order_model_on_an_old_run(old_run, tmp_p
                                       loss=dict(projector_order="norm_first")))
     _check_resume_compatible(old_run, old_run / "checkpoints" / tag, cfg, 1, {**saved, "model": old_order},
                              ("model",), type(model_cfg))  # the old order resumes
+
+
+def test_an_old_export_loads_with_the_norm_first_projector(tmp_path):
+    """A save_pretrained folder written before the field existed reads as the order it holds."""
+    model = DJEPA(preset("tiny", token_dim=4, grid=(4, 4), num_classes=10,
+                         loss=dict(projector_order="norm_first")))
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["config"]["loss"]["projector_order"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = DJEPA.from_pretrained(tmp_path)
+    assert loaded.config.loss.projector_order == "norm_first"
+    assert loaded.config == model.config
