@@ -135,17 +135,25 @@ def check_environment(ctx: Context) -> dict:
 
 
 # ============================================================================ 2. equality
-def _reference_attention(q, k, v, key_padding_mask):
-    """softmax(q kᵀ/√d) v in float64 on CPU; all-padding rows give zeros (the library's rule)."""
+def _reference_attention(q, k, v, key_padding_mask, attn_mask=None):
+    """softmax(q kᵀ/√d) v in float64 on CPU over the allowed keys: not padding
+    (``key_padding_mask [B, Lk]``, True = padding) and allowed by ``attn_mask`` (bool ``[Lq, Lk]``
+    / ``[B, Lq, Lk]`` / ``[B, 1|H, Lq, Lk]``, True = may attend); a query row with no allowed key
+    gives zeros (the library's rule)."""
     q, k, v = (t.double().cpu() for t in (q, k, v))
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[-2]
     s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    allowed = torch.ones(B, H, Lq, Lk, dtype=torch.bool)
     if key_padding_mask is not None:
-        m = key_padding_mask.cpu()
-        s = s.masked_fill(m[:, None, None, :], float("-inf"))
-        a = torch.softmax(s, -1).nan_to_num(0.0)
-        a = a.masked_fill(m.all(-1)[:, None, None, None], 0.0)
-    else:
-        a = torch.softmax(s, -1)
+        allowed &= ~key_padding_mask.cpu()[:, None, None, :]
+    if attn_mask is not None:
+        m = attn_mask.cpu()
+        m = m[None, None] if m.ndim == 2 else m[:, None] if m.ndim == 3 else m
+        allowed &= m
+    s = s.masked_fill(~allowed, float("-inf"))
+    a = torch.softmax(s, -1).nan_to_num(0.0)  # a row with no allowed key: all -inf → NaN → 0
+    a = a.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
     return a @ v
 
 
@@ -153,32 +161,72 @@ def _reference_attention(q, k, v, key_padding_mask):
 ATT_TOL = {"fp32": 1e-5, "fp32_grad": 1e-4, "bf16": 3e-2}
 
 
+def _attention_masks(g: torch.Generator, B: int, L: int) -> dict[str, tuple[Any, Any]]:
+    """The mask cases: ``name → (key_padding_mask [B, L] | None, attn_mask | None)``.
+
+    * ``padding_mask``: ~30 % of keys padded, sample 2 all padding (→ zeros).
+    * ``block_causal``: :func:`djepa.core.attention.block_causal_mask` ``[B, 1, L, L]``
+      (Transfusion): sample 0 causal text (10) · full image block (20) · causal text (7);
+      sample 1 image (16) · text (21); sample 2 one causal text span; with the last 5 keys of
+      sample 1 also padded (both masks at once).
+    * ``per_batch``: a random ``[B, L, L]`` bool (True = may attend, ~50 %), where query 3 of
+      sample 0 and queries 0-4 of sample 2 have no allowed key (→ zeros, never NaN).
+    """
+    pad = torch.rand(B, L, generator=g) < 0.3
+    pad[2] = True
+    spans = [[(10, True), (20, False), (L - 30, True)], [(16, False), (L - 16, True)], [(L, True)]]
+    seg = torch.zeros(B, L, dtype=torch.long)
+    causal = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        at = 0
+        for i, (n, c) in enumerate(spans[b % len(spans)]):
+            seg[b, at:at + n], causal[b, at:at + n] = i, c
+            at += n
+    bc_pad = torch.zeros(B, L, dtype=torch.bool)
+    bc_pad[1, -5:] = True
+    per_batch = torch.rand(B, L, L, generator=g) < 0.5
+    per_batch[0, 3] = False
+    per_batch[2, :5] = False
+    return {"no_mask": (None, None), "padding_mask": (pad, None),
+            "block_causal": (bc_pad, api.block_causal_mask(seg, causal)),
+            "per_batch": (None, per_batch)}
+
+
 def _attention_cases(device: torch.device, kernel: str) -> dict[str, Any]:
     """Forward (fp32, bf16) and fp32 backward of ``kernel`` on ``device`` against the float64
-    reference, without and with a key-padding mask (L = 37: not a multiple of 8, so the
-    xformers bias-alignment path runs; one sample all padding → zeros)."""
+    reference for every mask case of :func:`_attention_masks` (L = 37: not a multiple of 8, so
+    the xformers bias-alignment path runs). Query rows with no allowed key must come out exactly
+    zero, and every output finite (NaN counts as a failure)."""
     g = torch.Generator().manual_seed(0)
     B, H, L, d = 3, 4, 37, 32
     q, k, v = (torch.randn(B, H, L, d, generator=g) for _ in range(3))
-    mask = torch.rand(B, L, generator=g) < 0.3
-    mask[2] = True  # every key padded: zeros
+    masks = _attention_masks(g, B, L)
     go = torch.randn(B, H, L, d, generator=g)
     out: dict[str, Any] = {}
     worst = []
-    for mname, m in (("no_mask", None), ("padding_mask", mask)):
-        ref = _reference_attention(q, k, v, m)
+    zeros_ok = True
+    for mname, (m, am) in masks.items():
+        ref = _reference_attention(q, k, v, m, am)
+        empty = (ref.abs().sum(-1) == 0)  # [B, H, L]: query rows with no allowed key
         for prec, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             qd, kd, vd = (t.detach().to(device, dt, copy=True).requires_grad_(prec == "fp32")
                           for t in (q, k, v))
             md = None if m is None else m.to(device)
-            o = api.attention_kernel(qd, kd, vd, md, kernel)
-            err = float((o.detach().double().cpu() - ref).abs().max())
+            amd = None if am is None else am.to(device)
+            o = api.attention_kernel(qd, kd, vd, md, kernel, attn_mask=amd)
+            oc = o.detach().double().cpu()
+            err = float((oc - ref).abs().max())
             out[f"{mname}/{prec}/max_abs_err"] = err
             worst.append((err / ATT_TOL[prec], f"{mname}/{prec}"))
+            if bool(empty.any()):
+                z = bool(torch.isfinite(oc).all()) and bool((oc[empty] == 0).all())
+                out[f"{mname}/{prec}/empty_rows_zero"] = z
+                out[f"{mname}/empty_rows"] = int(empty.sum())
+                zeros_ok &= z
             if prec == "fp32":
                 (o * go.to(device)).sum().backward()
                 qr, kr, vr = (t.double().requires_grad_(True) for t in (q, k, v))
-                (_reference_attention(qr, kr, vr, m) * go.double()).sum().backward()
+                (_reference_attention(qr, kr, vr, m, am) * go.double()).sum().backward()
                 gerr = max(float((a.grad.double().cpu() - b.grad).abs().max())
                            for a, b in ((qd, qr), (kd, kr), (vd, vr)))
                 out[f"{mname}/fp32/grad_max_abs_err"] = gerr
@@ -186,14 +234,18 @@ def _attention_cases(device: torch.device, kernel: str) -> dict[str, Any]:
     worst = [(r if math.isfinite(r) else math.inf, n) for r, n in worst]  # NaN fails too
     out["worst_vs_tolerance"] = max(worst)[0]
     out["worst_case"] = max(worst)[1]
+    out["empty_rows_zero"] = zeros_ok
+    out["mask_cases"] = list(masks)
     return out
 
 
 def check_attention_sdpa(ctx: Context) -> dict:
     r = _attention_cases(ctx.device, "sdpa")
-    ok = r["worst_vs_tolerance"] <= 1.0
-    return _result(ok, f"SDPA on {ctx.device.type} vs float64 reference, with/without padding mask: "
-                       f"worst {r['worst_case']} at {r['worst_vs_tolerance']:.2g}× tolerance "
+    ok = r["worst_vs_tolerance"] <= 1.0 and r["empty_rows_zero"]
+    return _result(ok, f"SDPA on {ctx.device.type} vs float64 reference, masks "
+                       f"{'/'.join(r['mask_cases'])}: worst {r['worst_case']} at "
+                       f"{r['worst_vs_tolerance']:.2g}× tolerance, rows without keys zero "
+                       f"{r['empty_rows_zero']} "
                        f"(fp32 {ATT_TOL['fp32']}, grad {ATT_TOL['fp32_grad']}, bf16 {ATT_TOL['bf16']})",
                    tolerances=ATT_TOL, **r)
 
@@ -215,9 +267,10 @@ def check_attention_xformers(ctx: Context) -> dict:
     with torch.no_grad():
         a, b = api.features(sdpa, tokens, labels, vis), api.features(xf, tokens, labels, vis)
     r["model_features_rel_err"] = _rel(b, a)
-    ok = r["worst_vs_tolerance"] <= 1.0 and r["model_features_rel_err"] <= 1e-5
-    return _result(ok, f"xformers vs float64 reference: worst {r['worst_case']} at "
-                       f"{r['worst_vs_tolerance']:.2g}× tolerance; tiny model xformers vs SDPA "
+    ok = r["worst_vs_tolerance"] <= 1.0 and r["empty_rows_zero"] and r["model_features_rel_err"] <= 1e-5
+    return _result(ok, f"xformers (attn_bias) vs float64 reference, masks {'/'.join(r['mask_cases'])}: "
+                       f"worst {r['worst_case']} at {r['worst_vs_tolerance']:.2g}× tolerance, rows "
+                       f"without keys zero {r['empty_rows_zero']}; tiny model xformers vs SDPA "
                        f"features rel err {r['model_features_rel_err']:.2g} (tol 1e-5)",
                    tolerances=ATT_TOL, **r)
 
