@@ -299,9 +299,47 @@ def _train_step(device: torch.device, precision: str) -> tuple[dict[str, float],
 STEP_TOL = {"fp32": {"loss": 1e-4, "grad": 1e-3}, "bf16": {"loss": 3e-2, "grad": 5e-2}}
 
 
-def _check_train_step(ctx: Context, precision: str) -> dict:
-    ref_losses, ref_grads = _train_step(CPU, "fp32")
-    losses, grads = _train_step(ctx.device, precision)
+#: The sequence-conditioned 1-D model (:func:`_seq_train_step`): width of a condition symbol, the
+#: rows' token counts (of 12) and condition lengths (of 8).
+SEQ_DC, SEQ_LENGTHS, SEQ_COND_LENGTHS = 6, [12, 9, 7, 12, 5, 10], [8, 5, 3, 8, 1, 6]
+
+
+def _seq_train_step(device: torch.device, precision: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One training forward/backward of a tiny 1-D model with ``condition="sequence"`` (every
+    block of φ and γ a joint MM-DiT block, 1-D RoPE on both streams): 6 rows of ragged length
+    (``TokenBatch.from_lengths``) and a padded condition sequence (``SequenceInput`` with its
+    padding mask); padding filled with large values (30·N(0, 1)), so attending to it would show.
+    Condition dropout p = 0.3 draws from the step's CPU generator (the same rows drop on CPU and
+    on the device). Init and data on CPU, then moved."""
+    cfg = api.line_config(condition="sequence", condition_dim=SEQ_DC, joint_depth=None,
+                          label_drop_prob=0.3)
+    model = api.build_model(cfg, seed=0)
+    api.perturb_params(model)
+    target = api.clone_to(model, device).eval()
+    model = model.to(device).train()
+    g = torch.Generator().manual_seed(0)
+    B, N, L = len(SEQ_LENGTHS), cfg.seq_len, max(SEQ_COND_LENGTHS)
+    lengths = torch.tensor(SEQ_LENGTHS)
+    tokens = torch.randn(B, N, cfg.token_dim, generator=g)
+    pad = torch.arange(N)[None] >= lengths[:, None]
+    tokens = torch.where(pad[..., None], 30 * torch.randn(tokens.shape, generator=g), tokens)
+    values = torch.randn(B, L, SEQ_DC, generator=g)
+    cpad = torch.arange(L)[None] >= torch.tensor(SEQ_COND_LENGTHS)[:, None]
+    values = torch.where(cpad[..., None], 30 * torch.randn(values.shape, generator=g), values)
+    batch = api.batch_to(api.token_batch(tokens, lengths), device)
+    cond = api.sequence_input(values.to(device), cpad.to(device))
+    with api.autocast(device, precision):
+        parts = api.train_forward(model, batch, cond, target_model=target,
+                                  generator=torch.Generator().manual_seed(1))
+    parts["loss"].backward()
+    _sync(device)
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: float(v.detach()) for k, v in parts.items()}, grads
+
+
+def _check_train_step(ctx: Context, precision: str, step=_train_step, label: str = "") -> dict:
+    ref_losses, ref_grads = step(CPU, "fp32")
+    losses, grads = step(ctx.device, precision)
     loss_err = {k: abs(losses[k] - ref_losses[k]) / max(abs(ref_losses[k]), 1e-12) for k in ref_losses}
     names = sorted(ref_grads)
     flat = lambda gs: torch.cat([gs[n].reshape(-1) for n in names])  # noqa: E731
@@ -310,7 +348,7 @@ def _check_train_step(ctx: Context, precision: str) -> dict:
     tol = STEP_TOL[precision]
     ok = max(loss_err.values()) <= tol["loss"] and grad_err <= tol["grad"] \
         and all(math.isfinite(v) for v in losses.values())
-    return _result(ok, f"{precision} on {ctx.device.type} vs CPU fp32: loss rel err "
+    return _result(ok, f"{label}{precision} on {ctx.device.type} vs CPU fp32: loss rel err "
                        f"{max(loss_err.values()):.2g} (tol {tol['loss']}), grad rel err {grad_err:.2g} "
                        f"(tol {tol['grad']}) over {len(names)} tensors",
                    losses=losses, reference_losses=ref_losses, loss_rel_err=loss_err,
@@ -323,6 +361,17 @@ def check_train_step_fp32(ctx: Context) -> dict:
 
 def check_train_step_bf16(ctx: Context) -> dict:
     return _check_train_step(ctx, "bf16")
+
+
+_SEQ_LABEL = "sequence condition, joint blocks, ragged rows: "
+
+
+def check_seq_condition_step_fp32(ctx: Context) -> dict:
+    return _check_train_step(ctx, "fp32", _seq_train_step, _SEQ_LABEL)
+
+
+def check_seq_condition_step_bf16(ctx: Context) -> dict:
+    return _check_train_step(ctx, "bf16", _seq_train_step, _SEQ_LABEL)
 
 
 def check_sample(ctx: Context) -> dict:
@@ -716,6 +765,10 @@ CHECKS: list[Check] = [
     Check("attention_xformers", check_attention_xformers, 60, what="xformers vs float64 and vs SDPA model"),
     Check("train_step_fp32", check_train_step_fp32, 60, what="losses + grads vs CPU"),
     Check("train_step_bf16", check_train_step_bf16, 60, what="autocast losses + grads vs CPU fp32"),
+    Check("seq_condition_step_fp32", check_seq_condition_step_fp32, 60,
+          what="sequence condition via joint blocks, ragged batch: losses + grads vs CPU"),
+    Check("seq_condition_step_bf16", check_seq_condition_step_bf16, 60,
+          what="the same in bf16 autocast vs CPU fp32"),
     Check("sample_algorithm1", check_sample, 60, what="fixed-seed Algorithm 1"),
     Check("from_pretrained", check_from_pretrained, 60, what="CPU export onto device"),
     Check("fused_adamw", check_fused_adamw, 60, what="fused AdamW vs CPU for-loop"),
