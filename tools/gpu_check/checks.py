@@ -403,6 +403,85 @@ def check_sample(ctx: Context) -> dict:
                    other_seed_differs=differs, finite=finite, shape=list(a.shape))
 
 
+#: Per-row sampling: max |batched − alone| on the device (fp32; the rows meet other batch shapes
+#: in the kernels, nothing else differs) and max |device − CPU| (as ``check_sample``).
+ROW_TOL = {"batched_vs_alone": 1e-4, "device_vs_cpu": 1e-3}
+
+
+def check_sample_per_row(ctx: Context) -> dict:
+    """Algorithm 1 with one generator per row (issue 11, item 6) on a tiny 1-D class-conditional
+    model (12-token line, RoPE): 3 rows of length 12 / 7 / 9 with 0 / 3 / 5 known tokens, seeds
+    11 / 22 / 33, K=5, S=4, cfg 2.5, τ 0.9, x₀ clipped to (−1, 1) (unclipped, this random model's
+    samples reach |x| ≈ 500 and float error grows with them). With CPU generators: the batch on the device equals
+    each row sampled alone on the device, known tokens are kept bit for bit, padding stays zero,
+    and the device equals the CPU. With generators on the device: the same holds for batched vs
+    alone, the same seeds repeat bit for bit, all finite (in the dry run they are CPU ones)."""
+    cfg = api.line_config(num_classes=4)
+    base = api.build_model(cfg, seed=0)
+    api.perturb_params(base)
+    base.eval()
+    scfg = api.sampler_config(ar_steps=5, denoise_steps=4, cfg_scale=2.5, temperature=0.9)
+    lengths, known_counts, seeds, labels = [12, 7, 9], [0, 3, 5], [11, 22, 33], [0, 1, 3]
+    N, D = cfg.seq_len, cfg.token_dim
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(3, N, D)
+    maskable = torch.zeros(3, N, dtype=torch.bool)
+    for i, (n, k) in enumerate(zip(lengths, known_counts)):
+        tokens[i, :n] = torch.randn(n, D, generator=g)
+        maskable[i, :n] = True
+        maskable[i, torch.randperm(n, generator=g)[:k]] = False
+    model = api.clone_to(base, ctx.device).eval()
+    dev = ctx.device
+
+    def batched(m, device, gens):
+        b = api.batch_to(api.token_batch(tokens, lengths, maskable=maskable), device)
+        return api.generate_rows(m, torch.tensor(labels, device=device), scfg, batch=b, generators=gens,
+                                 clip_range=(-1.0, 1.0))
+
+    def alone(m, device, i, gen):
+        n = lengths[i]
+        b = api.batch_to(api.token_batch(tokens[i:i + 1, :n], [n], maskable=maskable[i:i + 1, :n]), device)
+        return api.generate_rows(m, torch.tensor([labels[i]], device=device), scfg, batch=b,
+                                 generators=[gen], clip_range=(-1.0, 1.0))[0]
+
+    d: dict[str, Any] = {"tolerances": ROW_TOL, "lengths": lengths, "known_counts": known_counts}
+    problems: list[str] = []
+    for where, mk in (("cpu_generators", lambda ss: api.row_generators(ss)),
+                      ("device_generators", lambda ss: api.row_generators(ss, dev))):
+        full = batched(model, dev, mk(seeds)).cpu()
+        again = batched(model, dev, mk(seeds)).cpu()
+        err = max(float((full[i, :n] - alone(model, dev, i, mk([s])[0]).cpu()).abs().max())
+                  for i, (n, s) in enumerate(zip(lengths, seeds)))
+        kept = all(torch.equal(full[i][~maskable[i] & (torch.arange(N) < n)],
+                               tokens[i][~maskable[i] & (torch.arange(N) < n)])
+                   for i, n in enumerate(lengths))
+        pad_zero = all(bool((full[i, n:] == 0).all()) for i, n in enumerate(lengths))
+        finite = bool(torch.isfinite(full).all())
+        repeat = bool(torch.equal(full, again))
+        d[where] = dict(batched_vs_alone_max_abs_err=err, known_kept=kept, padding_zero=pad_zero,
+                        finite=finite, same_seeds_identical=repeat)
+        if not (err <= ROW_TOL["batched_vs_alone"]):
+            problems.append(f"{where}: batched vs alone {err:.2g} > {ROW_TOL['batched_vs_alone']}")
+        for flag, ok in (("known tokens changed", kept), ("padding not zero", pad_zero),
+                         ("non-finite", finite), ("same seeds not identical", repeat)):
+            if not ok:
+                problems.append(f"{where}: {flag}")
+        if where == "cpu_generators":
+            ref = batched(base, CPU, api.row_generators(seeds))
+            d["device_vs_cpu_max_abs_err"] = float((full - ref).abs().max())
+            if not d["device_vs_cpu_max_abs_err"] <= ROW_TOL["device_vs_cpu"]:
+                problems.append(f"device vs CPU {d['device_vs_cpu_max_abs_err']:.2g} > {ROW_TOL['device_vs_cpu']}")
+    c, x = d["cpu_generators"], d["device_generators"]
+    summary = (f"rows of length {lengths}, known {known_counts}: batched vs alone max abs err "
+               f"{c['batched_vs_alone_max_abs_err']:.2g} (CPU generators), "
+               f"{x['batched_vs_alone_max_abs_err']:.2g} ({dev.type} generators) (tol "
+               f"{ROW_TOL['batched_vs_alone']}); {dev.type} vs CPU {d['device_vs_cpu_max_abs_err']:.2g} "
+               f"(tol {ROW_TOL['device_vs_cpu']}); known kept, padding zero, repeatable")
+    if problems:
+        summary += " | " + "; ".join(problems)
+    return _result(not problems, summary, **d)
+
+
 def check_from_pretrained(ctx: Context) -> dict:
     """A model trained 3 AdamW steps on CPU, exported with ``save_pretrained``, loaded with
     ``from_pretrained`` onto the device: every tensor bit-equal to the CPU one, on the device,
@@ -770,6 +849,8 @@ CHECKS: list[Check] = [
     Check("seq_condition_step_bf16", check_seq_condition_step_bf16, 60,
           what="the same in bf16 autocast vs CPU fp32"),
     Check("sample_algorithm1", check_sample, 60, what="fixed-seed Algorithm 1"),
+    Check("sample_per_row", check_sample_per_row, 60,
+          what="per-row generators: ragged rows + known counts, batched = alone"),
     Check("from_pretrained", check_from_pretrained, 60, what="CPU export onto device"),
     Check("fused_adamw", check_fused_adamw, 60, what="fused AdamW vs CPU for-loop"),
     Check("engine_zero1_bf16", check_engine_zero1, 150, what="DeepSpeed 1 GPU, ckpt, exact resume"),
