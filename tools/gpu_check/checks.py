@@ -482,6 +482,75 @@ def check_sample_per_row(ctx: Context) -> dict:
     return _result(not problems, summary, **d)
 
 
+#: Activation checkpointing: ‖Δgrad‖/‖grad‖ over all parameters and |Δloss|/|loss|, checkpointed
+#: vs plain on the same device. The recompute runs the same kernels on the same inputs, so this is
+#: 0 unless a backward kernel accumulates in a nondeterministic order (atomics on CUDA).
+CKPT_TOL = {"fp32": {"loss": 1e-6, "grad": 1e-5}, "bf16": {"loss": 1e-3, "grad": 1e-2}}
+
+
+def _ckpt_grads(device: torch.device, condition: str, checkpointing: bool, precision: str):
+    """Loss and gradients of one training step of a tiny 1-D model (``condition`` "class", or
+    "sequence" with the first block joint), attention/projection dropout 0.1 on (the global RNG,
+    seeded 7 before the step: checkpoint's recompute must replay the same masks), weights from
+    seed 0 (+ perturbation) either way."""
+    kw: dict[str, Any] = dict(attn_dropout=0.1, proj_dropout=0.1, activation_checkpointing=checkpointing)
+    if condition == "sequence":
+        kw.update(condition="sequence", condition_dim=SEQ_DC, joint_depth=1, label_drop_prob=0.0)
+    else:
+        kw.update(num_classes=4, label_drop_prob=0.0)
+    model = api.build_model(api.line_config(**kw), seed=0)
+    api.perturb_params(model)
+    target = api.clone_to(model, device).eval()
+    model = model.to(device).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 12, 3, generator=g).to(device)
+    cond = (torch.tensor([0, 1, 2], device=device) if condition == "class"
+            else api.sequence_input(torch.randn(3, 4, SEQ_DC, generator=g).to(device)))
+    torch.manual_seed(7)  # dropout masks (CPU and CUDA global RNGs)
+    with api.autocast(device, precision):
+        parts = api.train_forward(model, x, cond, target_model=target,
+                                  generator=torch.Generator().manual_seed(9))
+    parts["loss"].backward()
+    _sync(device)
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return float(parts["loss"].detach()), grads
+
+
+def check_activation_checkpointing(ctx: Context) -> dict:
+    """``DJEPAConfig.activation_checkpointing`` (each encoder / predictor block recomputed in
+    backward, ``torch.utils.checkpoint``) gives the plain path's loss and gradients on the device:
+    class condition and sequence condition (a JointBlock and a Block), fp32 and bf16 autocast,
+    dropout on."""
+    d: dict[str, Any] = {"tolerances": CKPT_TOL}
+    problems: list[str] = []
+    worst = 0.0
+    for condition in ("class", "sequence"):
+        for precision in ("fp32", "bf16"):
+            l0, g0 = _ckpt_grads(ctx.device, condition, False, precision)
+            l1, g1 = _ckpt_grads(ctx.device, condition, True, precision)
+            names = sorted(g0)
+            if names != sorted(g1) or len(names) < 10:
+                problems.append(f"{condition}/{precision}: gradient sets differ")
+                continue
+            a, b = (torch.cat([gs[n].reshape(-1) for n in names]) for gs in (g1, g0))
+            gerr = _rel(a, b)
+            lerr = abs(l1 - l0) / max(abs(l0), 1e-12)
+            bit = all(torch.equal(g1[n], g0[n]) for n in names)
+            d[f"{condition}/{precision}"] = dict(loss=l0, loss_rel_err=lerr, grad_rel_err=gerr,
+                                                 bit_equal=bit, tensors=len(names))
+            tol = CKPT_TOL[precision]
+            if not (lerr <= tol["loss"] and gerr <= tol["grad"] and math.isfinite(l0)):
+                problems.append(f"{condition}/{precision}: loss rel err {lerr:.2g}, grad rel err {gerr:.2g}")
+            worst = max(worst, gerr / tol["grad"], lerr / tol["loss"])
+    bits = sum(bool(v.get("bit_equal")) for k, v in d.items() if "/" in k)
+    summary = (f"checkpointed vs plain on {ctx.device.type}, class + sequence, fp32 + bf16, dropout on: "
+               f"worst {worst:.2g}× tolerance (fp32 grad {CKPT_TOL['fp32']['grad']}, bf16 grad "
+               f"{CKPT_TOL['bf16']['grad']}), {bits}/4 bit-equal")
+    if problems:
+        summary += " | " + "; ".join(problems)
+    return _result(not problems, summary, worst_vs_tolerance=worst, **d)
+
+
 def check_from_pretrained(ctx: Context) -> dict:
     """A model trained 3 AdamW steps on CPU, exported with ``save_pretrained``, loaded with
     ``from_pretrained`` onto the device: every tensor bit-equal to the CPU one, on the device,
@@ -848,6 +917,8 @@ CHECKS: list[Check] = [
           what="sequence condition via joint blocks, ragged batch: losses + grads vs CPU"),
     Check("seq_condition_step_bf16", check_seq_condition_step_bf16, 60,
           what="the same in bf16 autocast vs CPU fp32"),
+    Check("activation_checkpointing", check_activation_checkpointing, 90,
+          what="checkpointed grads = plain, class + sequence, fp32 + bf16"),
     Check("sample_algorithm1", check_sample, 60, what="fixed-seed Algorithm 1"),
     Check("sample_per_row", check_sample_per_row, 60,
           what="per-row generators: ragged rows + known counts, batched = alone"),
