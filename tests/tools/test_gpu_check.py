@@ -52,7 +52,7 @@ def test_dry_run_lists_every_check_with_a_status(tmp_path):
     report = _report(out)
     rows = {r["name"]: r for r in report["checks"]}
     names = _check_names()
-    assert set(HEAVY) < set(names) and len(names) == 18
+    assert set(HEAVY) < set(names) and len(names) == 22
     assert list(rows) == names                                  # every check, in order
     assert all(r["status"] in STATUSES and r["summary"] for r in rows.values())
     assert {n for n, r in rows.items() if r["status"] == "skipped"} == set(HEAVY) | {"attention_xformers"}
@@ -62,6 +62,16 @@ def test_dry_run_lists_every_check_with_a_status(tmp_path):
     d = rows["attention_sdpa"]["details"]
     assert 0 < d["padding_mask/fp32/max_abs_err"] < 1e-5 and 0 < d["no_mask/bf16/max_abs_err"] < 3e-2
     assert 0 < rows["train_step_bf16"]["details"]["grad_rel_err"] < 5e-2
+    # general boolean masks: block-causal + padding, per-batch [B, L, L] with key-less rows
+    assert 0 < d["block_causal/fp32/max_abs_err"] < 1e-5 and 0 < d["per_batch/bf16/max_abs_err"] < 3e-2
+    assert d["per_batch/fp32/empty_rows_zero"] is True and d["per_batch/empty_rows"] == 4 * 6  # 6 queries × 4 heads
+    # sequence condition through joint blocks on a ragged batch; bf16 really differs from fp32
+    seq = rows["seq_condition_step_bf16"]["details"]
+    assert 0 < seq["grad_rel_err"] < 5e-2 and rows["seq_condition_step_fp32"]["status"] == "pass"
+    rowd = rows["sample_per_row"]["details"]
+    assert rowd["cpu_generators"]["batched_vs_alone_max_abs_err"] < 1e-4 and rowd["cpu_generators"]["known_kept"]
+    ck = rows["activation_checkpointing"]["details"]
+    assert all(ck[f"{c}/{p}"]["tensors"] > 10 for c in ("class", "sequence") for p in ("fp32", "bf16"))
     assert rows["speed_sample_cfg"]["details"]["paper_h800_s_per_img"] == 0.120
     assert rows["speed_sample_nocfg"]["details"]["paper_h800_s_per_img"] == 0.043
     assert "| speed_train_bf16 | pass |" in p.stdout and "FAIL" not in p.stdout
