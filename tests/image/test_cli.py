@@ -142,7 +142,7 @@ def test_config_file_supplies_defaults_and_launcher_args_are_ignored(tmp_path):
     g = tmp_path / "s.json"
     g.write_text('{"checkpoint": "runs/x", "cfg": 2.5}')  # a required flag may come from the file
     scfg = parse(sample_cli.ImageSampleConfig, ["--config", str(g), "--local_rank", "0"])
-    assert scfg.checkpoint == "runs/x" and scfg.cfg == 2.5
+    assert scfg.checkpoint == "runs/x" and scfg.sampler.cfg == 2.5  # nested core SamplerFlags
     f.write_text("max_steps: ten\n")
     with pytest.raises(SystemExit):  # type-checked like a flag
         parse(train_cli.ImageTrainConfig, ["--config", str(f)])
@@ -256,13 +256,14 @@ def test_a_trained_run_loads_back_through_core_with_its_tokenizer(trained, tmp_p
 def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tmp_path, capsys, monkeypatch):
     from dataclasses import fields
 
+    from djepa.core.cli import flag_fields
     from djepa.image import inpaint as inpaint_cli
     from djepa.image.sampler_flags import SamplerFlags
 
     shared = {f.name for f in fields(SamplerFlags)}
     assert {"ar_steps", "denoise_steps", "cfg", "temperature", "seed", "device", "precision"} <= shared
-    for cls in (sample_cli.ImageSampleConfig, inpaint_cli.ImageInpaintConfig):
-        assert shared <= {f.name for f in fields(cls)}
+    for cls in (sample_cli.ImageSampleConfig, inpaint_cli.ImageInpaintConfig):  # nested, no prefix
+        assert shared <= set(flag_fields(cls))
     img = tmp_path / "x.png"
     Image.new("L", (8, 8), 40).save(img)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

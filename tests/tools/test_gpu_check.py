@@ -3,8 +3,9 @@ check; without CUDA and without ``--dry-run`` it runs nothing and exits 0; a che
 its timeout is killed, reported on one FAIL line and the run goes on (exit status 1).
 
 The default dry run here skips the subprocess-heavy checks (DeepSpeed engine, CLIs; they have
-their own CPU tests in tests/core/test_train_engine.py and tests/image/test_cli.py) and the
-torch.compile rows; ``-m slow`` runs the complete dry run.
+their own CPU tests in tests/core/test_train_engine.py and tests/image/test_cli.py), the
+torch.compile rows and the fp32 training-step checks (CPU against CPU in a dry run); ``-m slow``
+runs the complete dry run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ SCRIPT = REPO / "tools" / "gpu_check.sh"
 
 HEAVY = ["engine_zero1_bf16", "engine_zero2_bf16", "cli_image_train", "cli_image_sample",
          "cli_image_inpaint", "speed_train_bf16_compiled", "speed_sample_cfg_compiled"]
+#: CPU against CPU in a dry run (0 by construction); their bf16 twins run the same CPU fp32 step
+#: as their reference, so the default test skips them too (the slow complete run keeps them).
+SAME_IN_DRY_RUN = ["train_step_fp32", "seq_condition_step_fp32"]
 STATUSES = {"pass", "fail", "skipped"}
 
 
@@ -47,26 +51,38 @@ def _report(out: Path) -> dict:
 
 def test_dry_run_lists_every_check_with_a_status(tmp_path):
     out = tmp_path / "gc"
-    p = _run("--dry-run", "--out", str(out), "--skip", ",".join(HEAVY))
+    p = _run("--dry-run", "--out", str(out), "--skip", ",".join(HEAVY + SAME_IN_DRY_RUN))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     report = _report(out)
     rows = {r["name"]: r for r in report["checks"]}
     names = _check_names()
-    assert set(HEAVY) < set(names) and len(names) == 18
+    assert set(HEAVY) < set(names) and len(names) == 22
     assert list(rows) == names                                  # every check, in order
     assert all(r["status"] in STATUSES and r["summary"] for r in rows.values())
-    assert {n for n, r in rows.items() if r["status"] == "skipped"} == set(HEAVY) | {"attention_xformers"}
+    skipped = set(HEAVY) | set(SAME_IN_DRY_RUN) | {"attention_xformers"}
+    assert {n for n, r in rows.items() if r["status"] == "skipped"} == skipped
     assert rows["attention_xformers"]["summary"].startswith("xformers kernels are CUDA-only")
     assert not [n for n, r in rows.items() if r["status"] == "fail"]
     # the numbers behind the verdicts are real ones (CPU against a float64 reference / fp32)
     d = rows["attention_sdpa"]["details"]
     assert 0 < d["padding_mask/fp32/max_abs_err"] < 1e-5 and 0 < d["no_mask/bf16/max_abs_err"] < 3e-2
     assert 0 < rows["train_step_bf16"]["details"]["grad_rel_err"] < 5e-2
+    # general boolean masks: block-causal + padding, per-batch [B, L, L] with key-less rows
+    assert 0 < d["block_causal/fp32/max_abs_err"] < 1e-5 and 0 < d["per_batch/bf16/max_abs_err"] < 3e-2
+    assert d["per_batch/fp32/empty_rows_zero"] is True and d["per_batch/empty_rows"] == 4 * 6  # 6 queries × 4 heads
+    # sequence condition through joint blocks on a ragged batch; bf16 really differs from fp32
+    seq = rows["seq_condition_step_bf16"]["details"]
+    assert 0 < seq["grad_rel_err"] < 5e-2 and seq["losses"].keys() == seq["reference_losses"].keys()
+    rowd = rows["sample_per_row"]["details"]
+    assert rowd["cpu_generators"]["batched_vs_alone_max_abs_err"] < 1e-4 and rowd["cpu_generators"]["known_kept"]
+    ck = rows["activation_checkpointing"]["details"]
+    assert all(ck[f"{c}/{p}"]["tensors"] > 10 for c, p in (("class", "fp32"), ("sequence", "fp32"),
+                                                           ("sequence", "bf16")))
     assert rows["speed_sample_cfg"]["details"]["paper_h800_s_per_img"] == 0.120
     assert rows["speed_sample_nocfg"]["details"]["paper_h800_s_per_img"] == 0.043
     assert "| speed_train_bf16 | pass |" in p.stdout and "FAIL" not in p.stdout
-    assert report["meta"]["counts"] == {"pass": len(rows) - len(HEAVY) - 1, "fail": 0,
-                                        "skipped": len(HEAVY) + 1}
+    assert report["meta"]["counts"] == {"pass": len(rows) - len(skipped), "fail": 0,
+                                        "skipped": len(skipped)}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would run the real check")

@@ -69,8 +69,9 @@ def randomize_zero_params(model, std: float = 0.02) -> None:
 
 
 def train_forward(model, tokens, labels, *, target_model, generator):
-    """One training forward: ``model(tokens [B, N, D], labels [B], target_model=EMA model,
-    generator=CPU generator)`` → dict of the loss parts (``DJEPAOutput`` fields; ``loss`` first)."""
+    """One training forward: ``model(tokens [B, N, D] or a TokenBatch, labels [B] or a
+    SequenceInput (the condition), target_model=EMA model, generator=CPU generator)`` → dict of
+    the loss parts (``DJEPAOutput`` fields; ``loss`` first)."""
     out = model(tokens, labels, target_model=target_model, generator=generator)
     return out._asdict() if hasattr(out, "_asdict") else {"loss": out}
 
@@ -99,12 +100,84 @@ def from_pretrained(directory, device):
     return DJEPA.from_pretrained(directory, map_location=device)
 
 
-def attention_kernel(q, k, v, key_padding_mask, kernel: str):
+def attention_kernel(q, k, v, key_padding_mask, kernel: str, attn_mask=None):
     """:func:`djepa.core.attention.attention_kernel` (``key_padding_mask [B, Lk] bool, True =
-    padding``), no dropout."""
+    padding``; ``attn_mask`` bool ``[Lq, Lk]`` / ``[B, Lq, Lk]`` / ``[B, 1|H, Lq, Lk]``, True =
+    may attend; with ``kernel="xformers"`` it becomes the kernel's ``attn_bias`` through
+    ``xformers_bias``), no dropout."""
     from djepa.core.attention import attention_kernel as _kernel
 
-    return _kernel(q, k, v, key_padding_mask, 0.0, kernel)
+    return _kernel(q, k, v, key_padding_mask, 0.0, kernel, attn_mask)
+
+
+def block_causal_mask(segment_ids, causal):
+    """:func:`djepa.core.attention.block_causal_mask`: ``segment_ids [B, L]`` int
+    (non-decreasing), ``causal [B, L]`` bool → ``[B, 1, L, L]`` bool, True = may attend."""
+    from djepa.core.attention import block_causal_mask as _mask
+
+    return _mask(segment_ids, causal)
+
+
+# ------------------------------------------------------------------------------- batches, conditions
+def line_config(**overrides: Any):
+    """A tiny 1-D :class:`~djepa.core.config.DJEPAConfig` (``preset("tiny")``, width 64, 2 + 2
+    blocks) on a line of 12 tokens of 3 channels with 1-D RoPE (positions from the batch), a
+    small denoising MLP; ``overrides`` set the condition (``condition="sequence"``,
+    ``condition_dim``, ``joint_depth``) or ``num_classes`` (tests/core/test_batch.py and
+    test_condition.py build the same)."""
+    from djepa.core.config import preset
+
+    kw: dict[str, Any] = dict(token_dim=3, grid=(12,), pos_embed="rope",
+                              loss=dict(mlp_width=32, mlp_depth=1, diffusion_batch_mul=2))
+    kw.update(overrides)
+    return preset("tiny", **kw)
+
+
+def perturb_params(model, std: float = 0.05, seed: int = 1234) -> None:
+    """Add ``std``·N(0, 1) (CPU generator ``seed``) to every parameter, so that every one of
+    them (the zero-initialised AdaLN and output layers too) matters to the result."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
+
+
+def token_batch(tokens, lengths, maskable=None):
+    """:meth:`djepa.core.batch.TokenBatch.from_lengths`: ``tokens [B, N, D]``, ``lengths [B]``
+    (real tokens first, padding after), ``maskable [B, N] bool, True = may be masked /
+    generated`` (None = every real token)."""
+    from djepa.core.batch import TokenBatch
+
+    return TokenBatch.from_lengths(tokens, lengths, maskable=maskable)
+
+
+def batch_to(batch, device):
+    """``TokenBatch.to(device)``."""
+    return batch.to(device)
+
+
+def sequence_input(values, padding=None):
+    """:class:`djepa.core.condition.SequenceInput`: ``values [B, L, D_c]`` float, ``padding
+    [B, L] bool, True = padding``."""
+    from djepa.core.condition import SequenceInput
+
+    return SequenceInput(values, padding)
+
+
+def row_generators(seeds, device="cpu"):
+    """:func:`djepa.core.rng.row_generators`: one ``torch.Generator`` per row on ``device``."""
+    from djepa.core.rng import row_generators as _rows
+
+    return _rows(seeds, device)
+
+
+def generate_rows(model, condition, config, *, batch, generators, clip_range=None):
+    """Algorithm 1 with one generator per row (:func:`djepa.core.sampler.generate` with
+    ``batch=`` a :class:`TokenBatch` template and ``generators=``) → ``[B, N, D] float32``."""
+    from djepa.core.sampler import generate as _generate
+
+    return _generate(model, condition, config, batch=batch, generators=generators,
+                     clip_range=clip_range)
 
 
 def param_groups(model, weight_decay: float):

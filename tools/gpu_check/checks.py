@@ -135,17 +135,25 @@ def check_environment(ctx: Context) -> dict:
 
 
 # ============================================================================ 2. equality
-def _reference_attention(q, k, v, key_padding_mask):
-    """softmax(q kᵀ/√d) v in float64 on CPU; all-padding rows give zeros (the library's rule)."""
+def _reference_attention(q, k, v, key_padding_mask, attn_mask=None):
+    """softmax(q kᵀ/√d) v in float64 on CPU over the allowed keys: not padding
+    (``key_padding_mask [B, Lk]``, True = padding) and allowed by ``attn_mask`` (bool ``[Lq, Lk]``
+    / ``[B, Lq, Lk]`` / ``[B, 1|H, Lq, Lk]``, True = may attend); a query row with no allowed key
+    gives zeros (the library's rule)."""
     q, k, v = (t.double().cpu() for t in (q, k, v))
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[-2]
     s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    allowed = torch.ones(B, H, Lq, Lk, dtype=torch.bool)
     if key_padding_mask is not None:
-        m = key_padding_mask.cpu()
-        s = s.masked_fill(m[:, None, None, :], float("-inf"))
-        a = torch.softmax(s, -1).nan_to_num(0.0)
-        a = a.masked_fill(m.all(-1)[:, None, None, None], 0.0)
-    else:
-        a = torch.softmax(s, -1)
+        allowed &= ~key_padding_mask.cpu()[:, None, None, :]
+    if attn_mask is not None:
+        m = attn_mask.cpu()
+        m = m[None, None] if m.ndim == 2 else m[:, None] if m.ndim == 3 else m
+        allowed &= m
+    s = s.masked_fill(~allowed, float("-inf"))
+    a = torch.softmax(s, -1).nan_to_num(0.0)  # a row with no allowed key: all -inf → NaN → 0
+    a = a.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
     return a @ v
 
 
@@ -153,32 +161,72 @@ def _reference_attention(q, k, v, key_padding_mask):
 ATT_TOL = {"fp32": 1e-5, "fp32_grad": 1e-4, "bf16": 3e-2}
 
 
+def _attention_masks(g: torch.Generator, B: int, L: int) -> dict[str, tuple[Any, Any]]:
+    """The mask cases: ``name → (key_padding_mask [B, L] | None, attn_mask | None)``.
+
+    * ``padding_mask``: ~30 % of keys padded, sample 2 all padding (→ zeros).
+    * ``block_causal``: :func:`djepa.core.attention.block_causal_mask` ``[B, 1, L, L]``
+      (Transfusion): sample 0 causal text (10) · full image block (20) · causal text (7);
+      sample 1 image (16) · text (21); sample 2 one causal text span; with the last 5 keys of
+      sample 1 also padded (both masks at once).
+    * ``per_batch``: a random ``[B, L, L]`` bool (True = may attend, ~50 %), where query 3 of
+      sample 0 and queries 0-4 of sample 2 have no allowed key (→ zeros, never NaN).
+    """
+    pad = torch.rand(B, L, generator=g) < 0.3
+    pad[2] = True
+    spans = [[(10, True), (20, False), (L - 30, True)], [(16, False), (L - 16, True)], [(L, True)]]
+    seg = torch.zeros(B, L, dtype=torch.long)
+    causal = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        at = 0
+        for i, (n, c) in enumerate(spans[b % len(spans)]):
+            seg[b, at:at + n], causal[b, at:at + n] = i, c
+            at += n
+    bc_pad = torch.zeros(B, L, dtype=torch.bool)
+    bc_pad[1, -5:] = True
+    per_batch = torch.rand(B, L, L, generator=g) < 0.5
+    per_batch[0, 3] = False
+    per_batch[2, :5] = False
+    return {"no_mask": (None, None), "padding_mask": (pad, None),
+            "block_causal": (bc_pad, api.block_causal_mask(seg, causal)),
+            "per_batch": (None, per_batch)}
+
+
 def _attention_cases(device: torch.device, kernel: str) -> dict[str, Any]:
     """Forward (fp32, bf16) and fp32 backward of ``kernel`` on ``device`` against the float64
-    reference, without and with a key-padding mask (L = 37: not a multiple of 8, so the
-    xformers bias-alignment path runs; one sample all padding → zeros)."""
+    reference for every mask case of :func:`_attention_masks` (L = 37: not a multiple of 8, so
+    the xformers bias-alignment path runs). Query rows with no allowed key must come out exactly
+    zero, and every output finite (NaN counts as a failure)."""
     g = torch.Generator().manual_seed(0)
     B, H, L, d = 3, 4, 37, 32
     q, k, v = (torch.randn(B, H, L, d, generator=g) for _ in range(3))
-    mask = torch.rand(B, L, generator=g) < 0.3
-    mask[2] = True  # every key padded: zeros
+    masks = _attention_masks(g, B, L)
     go = torch.randn(B, H, L, d, generator=g)
     out: dict[str, Any] = {}
     worst = []
-    for mname, m in (("no_mask", None), ("padding_mask", mask)):
-        ref = _reference_attention(q, k, v, m)
+    zeros_ok = True
+    for mname, (m, am) in masks.items():
+        ref = _reference_attention(q, k, v, m, am)
+        empty = (ref.abs().sum(-1) == 0)  # [B, H, L]: query rows with no allowed key
         for prec, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             qd, kd, vd = (t.detach().to(device, dt, copy=True).requires_grad_(prec == "fp32")
                           for t in (q, k, v))
             md = None if m is None else m.to(device)
-            o = api.attention_kernel(qd, kd, vd, md, kernel)
-            err = float((o.detach().double().cpu() - ref).abs().max())
+            amd = None if am is None else am.to(device)
+            o = api.attention_kernel(qd, kd, vd, md, kernel, attn_mask=amd)
+            oc = o.detach().double().cpu()
+            err = float((oc - ref).abs().max())
             out[f"{mname}/{prec}/max_abs_err"] = err
             worst.append((err / ATT_TOL[prec], f"{mname}/{prec}"))
+            if bool(empty.any()):
+                z = bool(torch.isfinite(oc).all()) and bool((oc[empty] == 0).all())
+                out[f"{mname}/{prec}/empty_rows_zero"] = z
+                out[f"{mname}/empty_rows"] = int(empty.sum())
+                zeros_ok &= z
             if prec == "fp32":
                 (o * go.to(device)).sum().backward()
                 qr, kr, vr = (t.double().requires_grad_(True) for t in (q, k, v))
-                (_reference_attention(qr, kr, vr, m) * go.double()).sum().backward()
+                (_reference_attention(qr, kr, vr, m, am) * go.double()).sum().backward()
                 gerr = max(float((a.grad.double().cpu() - b.grad).abs().max())
                            for a, b in ((qd, qr), (kd, kr), (vd, vr)))
                 out[f"{mname}/fp32/grad_max_abs_err"] = gerr
@@ -186,14 +234,18 @@ def _attention_cases(device: torch.device, kernel: str) -> dict[str, Any]:
     worst = [(r if math.isfinite(r) else math.inf, n) for r, n in worst]  # NaN fails too
     out["worst_vs_tolerance"] = max(worst)[0]
     out["worst_case"] = max(worst)[1]
+    out["empty_rows_zero"] = zeros_ok
+    out["mask_cases"] = list(masks)
     return out
 
 
 def check_attention_sdpa(ctx: Context) -> dict:
     r = _attention_cases(ctx.device, "sdpa")
-    ok = r["worst_vs_tolerance"] <= 1.0
-    return _result(ok, f"SDPA on {ctx.device.type} vs float64 reference, with/without padding mask: "
-                       f"worst {r['worst_case']} at {r['worst_vs_tolerance']:.2g}× tolerance "
+    ok = r["worst_vs_tolerance"] <= 1.0 and r["empty_rows_zero"]
+    return _result(ok, f"SDPA on {ctx.device.type} vs float64 reference, masks "
+                       f"{'/'.join(r['mask_cases'])}: worst {r['worst_case']} at "
+                       f"{r['worst_vs_tolerance']:.2g}× tolerance, rows without keys zero "
+                       f"{r['empty_rows_zero']} "
                        f"(fp32 {ATT_TOL['fp32']}, grad {ATT_TOL['fp32_grad']}, bf16 {ATT_TOL['bf16']})",
                    tolerances=ATT_TOL, **r)
 
@@ -215,9 +267,10 @@ def check_attention_xformers(ctx: Context) -> dict:
     with torch.no_grad():
         a, b = api.features(sdpa, tokens, labels, vis), api.features(xf, tokens, labels, vis)
     r["model_features_rel_err"] = _rel(b, a)
-    ok = r["worst_vs_tolerance"] <= 1.0 and r["model_features_rel_err"] <= 1e-5
-    return _result(ok, f"xformers vs float64 reference: worst {r['worst_case']} at "
-                       f"{r['worst_vs_tolerance']:.2g}× tolerance; tiny model xformers vs SDPA "
+    ok = r["worst_vs_tolerance"] <= 1.0 and r["empty_rows_zero"] and r["model_features_rel_err"] <= 1e-5
+    return _result(ok, f"xformers (attn_bias) vs float64 reference, masks {'/'.join(r['mask_cases'])}: "
+                       f"worst {r['worst_case']} at {r['worst_vs_tolerance']:.2g}× tolerance, rows "
+                       f"without keys zero {r['empty_rows_zero']}; tiny model xformers vs SDPA "
                        f"features rel err {r['model_features_rel_err']:.2g} (tol 1e-5)",
                    tolerances=ATT_TOL, **r)
 
@@ -246,9 +299,47 @@ def _train_step(device: torch.device, precision: str) -> tuple[dict[str, float],
 STEP_TOL = {"fp32": {"loss": 1e-4, "grad": 1e-3}, "bf16": {"loss": 3e-2, "grad": 5e-2}}
 
 
-def _check_train_step(ctx: Context, precision: str) -> dict:
-    ref_losses, ref_grads = _train_step(CPU, "fp32")
-    losses, grads = _train_step(ctx.device, precision)
+#: The sequence-conditioned 1-D model (:func:`_seq_train_step`): width of a condition symbol, the
+#: rows' token counts (of 12) and condition lengths (of 8).
+SEQ_DC, SEQ_LENGTHS, SEQ_COND_LENGTHS = 6, [12, 9, 7, 12, 5, 10], [8, 5, 3, 8, 1, 6]
+
+
+def _seq_train_step(device: torch.device, precision: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One training forward/backward of a tiny 1-D model with ``condition="sequence"`` (every
+    block of φ and γ a joint MM-DiT block, 1-D RoPE on both streams): 6 rows of ragged length
+    (``TokenBatch.from_lengths``) and a padded condition sequence (``SequenceInput`` with its
+    padding mask); padding filled with large values (30·N(0, 1)), so attending to it would show.
+    Condition dropout p = 0.3 draws from the step's CPU generator (the same rows drop on CPU and
+    on the device). Init and data on CPU, then moved."""
+    cfg = api.line_config(condition="sequence", condition_dim=SEQ_DC, joint_depth=None,
+                          label_drop_prob=0.3)
+    model = api.build_model(cfg, seed=0)
+    api.perturb_params(model)
+    target = api.clone_to(model, device).eval()
+    model = model.to(device).train()
+    g = torch.Generator().manual_seed(0)
+    B, N, L = len(SEQ_LENGTHS), cfg.seq_len, max(SEQ_COND_LENGTHS)
+    lengths = torch.tensor(SEQ_LENGTHS)
+    tokens = torch.randn(B, N, cfg.token_dim, generator=g)
+    pad = torch.arange(N)[None] >= lengths[:, None]
+    tokens = torch.where(pad[..., None], 30 * torch.randn(tokens.shape, generator=g), tokens)
+    values = torch.randn(B, L, SEQ_DC, generator=g)
+    cpad = torch.arange(L)[None] >= torch.tensor(SEQ_COND_LENGTHS)[:, None]
+    values = torch.where(cpad[..., None], 30 * torch.randn(values.shape, generator=g), values)
+    batch = api.batch_to(api.token_batch(tokens, lengths), device)
+    cond = api.sequence_input(values.to(device), cpad.to(device))
+    with api.autocast(device, precision):
+        parts = api.train_forward(model, batch, cond, target_model=target,
+                                  generator=torch.Generator().manual_seed(1))
+    parts["loss"].backward()
+    _sync(device)
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: float(v.detach()) for k, v in parts.items()}, grads
+
+
+def _check_train_step(ctx: Context, precision: str, step=_train_step, label: str = "") -> dict:
+    ref_losses, ref_grads = step(CPU, "fp32")
+    losses, grads = step(ctx.device, precision)
     loss_err = {k: abs(losses[k] - ref_losses[k]) / max(abs(ref_losses[k]), 1e-12) for k in ref_losses}
     names = sorted(ref_grads)
     flat = lambda gs: torch.cat([gs[n].reshape(-1) for n in names])  # noqa: E731
@@ -257,7 +348,7 @@ def _check_train_step(ctx: Context, precision: str) -> dict:
     tol = STEP_TOL[precision]
     ok = max(loss_err.values()) <= tol["loss"] and grad_err <= tol["grad"] \
         and all(math.isfinite(v) for v in losses.values())
-    return _result(ok, f"{precision} on {ctx.device.type} vs CPU fp32: loss rel err "
+    return _result(ok, f"{label}{precision} on {ctx.device.type} vs CPU fp32: loss rel err "
                        f"{max(loss_err.values()):.2g} (tol {tol['loss']}), grad rel err {grad_err:.2g} "
                        f"(tol {tol['grad']}) over {len(names)} tensors",
                    losses=losses, reference_losses=ref_losses, loss_rel_err=loss_err,
@@ -270,6 +361,17 @@ def check_train_step_fp32(ctx: Context) -> dict:
 
 def check_train_step_bf16(ctx: Context) -> dict:
     return _check_train_step(ctx, "bf16")
+
+
+_SEQ_LABEL = "sequence condition, joint blocks, ragged rows: "
+
+
+def check_seq_condition_step_fp32(ctx: Context) -> dict:
+    return _check_train_step(ctx, "fp32", _seq_train_step, _SEQ_LABEL)
+
+
+def check_seq_condition_step_bf16(ctx: Context) -> dict:
+    return _check_train_step(ctx, "bf16", _seq_train_step, _SEQ_LABEL)
 
 
 def check_sample(ctx: Context) -> dict:
@@ -299,6 +401,157 @@ def check_sample(ctx: Context) -> dict:
                        f"{identical}, other seed differs {differs}, finite {finite}",
                    max_abs_err_vs_cpu=err, same_seed_identical=identical,
                    other_seed_differs=differs, finite=finite, shape=list(a.shape))
+
+
+#: Per-row sampling: max |batched − alone| on the device (fp32; the rows meet other batch shapes
+#: in the kernels, nothing else differs) and max |device − CPU| (as ``check_sample``).
+ROW_TOL = {"batched_vs_alone": 1e-4, "device_vs_cpu": 1e-3}
+
+
+def check_sample_per_row(ctx: Context) -> dict:
+    """Algorithm 1 with one generator per row (issue 11, item 6) on a tiny 1-D class-conditional
+    model (12-token line, RoPE): 3 rows of length 12 / 7 / 9 with 0 / 3 / 5 known tokens, seeds
+    11 / 22 / 33, K=5, S=4, cfg 2.5, τ 0.9, x₀ clipped to (−1, 1) (unclipped, this random model's
+    samples reach |x| ≈ 500 and float error grows with them). With CPU generators: the batch on the device equals
+    each row sampled alone on the device, known tokens are kept bit for bit, padding stays zero,
+    and the device equals the CPU. With generators on the device: the same holds for batched vs
+    alone, the same seeds repeat bit for bit, all finite (in the dry run they are CPU ones)."""
+    cfg = api.line_config(num_classes=4)
+    base = api.build_model(cfg, seed=0)
+    api.perturb_params(base)
+    base.eval()
+    scfg = api.sampler_config(ar_steps=5, denoise_steps=4, cfg_scale=2.5, temperature=0.9)
+    lengths, known_counts, seeds, labels = [12, 7, 9], [0, 3, 5], [11, 22, 33], [0, 1, 3]
+    N, D = cfg.seq_len, cfg.token_dim
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(3, N, D)
+    maskable = torch.zeros(3, N, dtype=torch.bool)
+    for i, (n, k) in enumerate(zip(lengths, known_counts)):
+        tokens[i, :n] = torch.randn(n, D, generator=g)
+        maskable[i, :n] = True
+        maskable[i, torch.randperm(n, generator=g)[:k]] = False
+    model = api.clone_to(base, ctx.device).eval()
+    dev = ctx.device
+
+    def batched(m, device, gens):
+        b = api.batch_to(api.token_batch(tokens, lengths, maskable=maskable), device)
+        return api.generate_rows(m, torch.tensor(labels, device=device), scfg, batch=b, generators=gens,
+                                 clip_range=(-1.0, 1.0))
+
+    def alone(m, device, i, gen):
+        n = lengths[i]
+        b = api.batch_to(api.token_batch(tokens[i:i + 1, :n], [n], maskable=maskable[i:i + 1, :n]), device)
+        return api.generate_rows(m, torch.tensor([labels[i]], device=device), scfg, batch=b,
+                                 generators=[gen], clip_range=(-1.0, 1.0))[0]
+
+    d: dict[str, Any] = {"tolerances": ROW_TOL, "lengths": lengths, "known_counts": known_counts}
+    problems: list[str] = []
+    for where, mk in (("cpu_generators", lambda ss: api.row_generators(ss)),
+                      ("device_generators", lambda ss: api.row_generators(ss, dev))):
+        full = batched(model, dev, mk(seeds)).cpu()
+        again = batched(model, dev, mk(seeds)).cpu()
+        err = max(float((full[i, :n] - alone(model, dev, i, mk([s])[0]).cpu()).abs().max())
+                  for i, (n, s) in enumerate(zip(lengths, seeds)))
+        kept = all(torch.equal(full[i][~maskable[i] & (torch.arange(N) < n)],
+                               tokens[i][~maskable[i] & (torch.arange(N) < n)])
+                   for i, n in enumerate(lengths))
+        pad_zero = all(bool((full[i, n:] == 0).all()) for i, n in enumerate(lengths))
+        finite = bool(torch.isfinite(full).all())
+        repeat = bool(torch.equal(full, again))
+        d[where] = dict(batched_vs_alone_max_abs_err=err, known_kept=kept, padding_zero=pad_zero,
+                        finite=finite, same_seeds_identical=repeat)
+        if not (err <= ROW_TOL["batched_vs_alone"]):
+            problems.append(f"{where}: batched vs alone {err:.2g} > {ROW_TOL['batched_vs_alone']}")
+        for flag, ok in (("known tokens changed", kept), ("padding not zero", pad_zero),
+                         ("non-finite", finite), ("same seeds not identical", repeat)):
+            if not ok:
+                problems.append(f"{where}: {flag}")
+        if where == "cpu_generators":
+            ref = batched(base, CPU, api.row_generators(seeds))
+            d["device_vs_cpu_max_abs_err"] = float((full - ref).abs().max())
+            if not d["device_vs_cpu_max_abs_err"] <= ROW_TOL["device_vs_cpu"]:
+                problems.append(f"device vs CPU {d['device_vs_cpu_max_abs_err']:.2g} > {ROW_TOL['device_vs_cpu']}")
+    c, x = d["cpu_generators"], d["device_generators"]
+    summary = (f"rows of length {lengths}, known {known_counts}: batched vs alone max abs err "
+               f"{c['batched_vs_alone_max_abs_err']:.2g} (CPU generators), "
+               f"{x['batched_vs_alone_max_abs_err']:.2g} ({dev.type} generators) (tol "
+               f"{ROW_TOL['batched_vs_alone']}); {dev.type} vs CPU {d['device_vs_cpu_max_abs_err']:.2g} "
+               f"(tol {ROW_TOL['device_vs_cpu']}); known kept, padding zero, repeatable")
+    if problems:
+        summary += " | " + "; ".join(problems)
+    return _result(not problems, summary, **d)
+
+
+#: Activation checkpointing: ‖Δgrad‖/‖grad‖ over all parameters and |Δloss|/|loss|, checkpointed
+#: vs plain on the same device. The recompute runs the same kernels on the same inputs, so this is
+#: 0 unless a backward kernel accumulates in a nondeterministic order (atomics on CUDA).
+CKPT_TOL = {"fp32": {"loss": 1e-6, "grad": 1e-5}, "bf16": {"loss": 1e-3, "grad": 1e-2}}
+#: (condition, precision) cases; the sequence model's first block is a JointBlock, its second a
+#: plain Block, so bf16 is run on that one only.
+CKPT_CASES = (("class", "fp32"), ("sequence", "fp32"), ("sequence", "bf16"))
+
+
+def _ckpt_grads(device: torch.device, condition: str, checkpointing: bool, precision: str):
+    """Loss and gradients of one training step of a tiny 1-D model (``condition`` "class", or
+    "sequence" with the first block joint), attention/projection dropout 0.1 on (the global RNG,
+    seeded 7 before the step: checkpoint's recompute must replay the same masks), weights from
+    seed 0 (+ perturbation) either way."""
+    kw: dict[str, Any] = dict(attn_dropout=0.1, proj_dropout=0.1, activation_checkpointing=checkpointing)
+    if condition == "sequence":
+        kw.update(condition="sequence", condition_dim=SEQ_DC, joint_depth=1, label_drop_prob=0.0)
+    else:
+        kw.update(num_classes=4, label_drop_prob=0.0)
+    model = api.build_model(api.line_config(**kw), seed=0)
+    api.perturb_params(model)
+    target = api.clone_to(model, device).eval()
+    model = model.to(device).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 12, 3, generator=g).to(device)
+    cond = (torch.tensor([0, 1, 2], device=device) if condition == "class"
+            else api.sequence_input(torch.randn(3, 4, SEQ_DC, generator=g).to(device)))
+    torch.manual_seed(7)  # dropout masks (CPU and CUDA global RNGs)
+    with api.autocast(device, precision):
+        parts = api.train_forward(model, x, cond, target_model=target,
+                                  generator=torch.Generator().manual_seed(9))
+    parts["loss"].backward()
+    _sync(device)
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return float(parts["loss"].detach()), grads
+
+
+def check_activation_checkpointing(ctx: Context) -> dict:
+    """``DJEPAConfig.activation_checkpointing`` (each encoder / predictor block recomputed in
+    backward, ``torch.utils.checkpoint``) gives the plain path's loss and gradients on the device:
+    class condition (fp32) and sequence condition (a JointBlock and a Block; fp32 and bf16
+    autocast), dropout on."""
+    d: dict[str, Any] = {"tolerances": CKPT_TOL}
+    problems: list[str] = []
+    worst = 0.0
+    for condition, precision in CKPT_CASES:
+        l0, g0 = _ckpt_grads(ctx.device, condition, False, precision)
+        l1, g1 = _ckpt_grads(ctx.device, condition, True, precision)
+        names = sorted(g0)
+        if names != sorted(g1) or len(names) < 10:
+            problems.append(f"{condition}/{precision}: gradient sets differ")
+            continue
+        a, b = (torch.cat([gs[n].reshape(-1) for n in names]) for gs in (g1, g0))
+        gerr = _rel(a, b)
+        lerr = abs(l1 - l0) / max(abs(l0), 1e-12)
+        bit = all(torch.equal(g1[n], g0[n]) for n in names)
+        d[f"{condition}/{precision}"] = dict(loss=l0, loss_rel_err=lerr, grad_rel_err=gerr,
+                                             bit_equal=bit, tensors=len(names))
+        tol = CKPT_TOL[precision]
+        if not (lerr <= tol["loss"] and gerr <= tol["grad"] and math.isfinite(l0)):
+            problems.append(f"{condition}/{precision}: loss rel err {lerr:.2g}, grad rel err {gerr:.2g}")
+        worst = max(worst, gerr / tol["grad"], lerr / tol["loss"])
+    bits = sum(bool(v.get("bit_equal")) for k, v in d.items() if "/" in k)
+    summary = (f"checkpointed vs plain on {ctx.device.type}, {' '.join('/'.join(c) for c in CKPT_CASES)}, "
+               f"dropout on: "
+               f"worst {worst:.2g}× tolerance (fp32 grad {CKPT_TOL['fp32']['grad']}, bf16 grad "
+               f"{CKPT_TOL['bf16']['grad']}), {bits}/{len(CKPT_CASES)} bit-equal")
+    if problems:
+        summary += " | " + "; ".join(problems)
+    return _result(not problems, summary, worst_vs_tolerance=worst, **d)
 
 
 def check_from_pretrained(ctx: Context) -> dict:
@@ -663,7 +916,15 @@ CHECKS: list[Check] = [
     Check("attention_xformers", check_attention_xformers, 60, what="xformers vs float64 and vs SDPA model"),
     Check("train_step_fp32", check_train_step_fp32, 60, what="losses + grads vs CPU"),
     Check("train_step_bf16", check_train_step_bf16, 60, what="autocast losses + grads vs CPU fp32"),
+    Check("seq_condition_step_fp32", check_seq_condition_step_fp32, 60,
+          what="sequence condition via joint blocks, ragged batch: losses + grads vs CPU"),
+    Check("seq_condition_step_bf16", check_seq_condition_step_bf16, 60,
+          what="the same in bf16 autocast vs CPU fp32"),
+    Check("activation_checkpointing", check_activation_checkpointing, 90,
+          what="checkpointed grads = plain, class + sequence condition, fp32 + bf16"),
     Check("sample_algorithm1", check_sample, 60, what="fixed-seed Algorithm 1"),
+    Check("sample_per_row", check_sample_per_row, 60,
+          what="per-row generators: ragged rows + known counts, batched = alone"),
     Check("from_pretrained", check_from_pretrained, 60, what="CPU export onto device"),
     Check("fused_adamw", check_fused_adamw, 60, what="fused AdamW vs CPU for-loop"),
     Check("engine_zero1_bf16", check_engine_zero1, 150, what="DeepSpeed 1 GPU, ckpt, exact resume"),

@@ -4,8 +4,11 @@
     tools/gpu_check.sh --dry-run            # the same checks on the CPU at toy sizes
 
 Checks (``checks.py``, in this order): environment; CUDA-vs-CPU equality of the SDPA and
-xformers attention kernels, a training step (fp32, bf16 autocast), Algorithm 1 with a fixed
-seed, ``from_pretrained`` of a CPU export, fused AdamW; the DeepSpeed engine on one GPU (NCCL,
+xformers attention kernels (no mask, key padding, block-causal, per-batch boolean masks), a
+training step (fp32, bf16 autocast), a sequence-conditioned training step through joint blocks
+on a ragged batch (fp32, bf16), activation checkpointing against the plain gradients, Algorithm 1
+with a fixed seed and with per-row generators (batched = each row alone), ``from_pretrained`` of
+a CPU export, fused AdamW; the DeepSpeed engine on one GPU (NCCL,
 ZeRO 1 and 2, bf16, checkpoint, exact resume); the modality CLIs on their tiny configurations;
 the GPU speed rows (B preset at the paper's Table 4 settings; training step; torch.compile
 rows when the budget allows).

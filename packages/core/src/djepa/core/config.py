@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, TypeVar, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, get_type_hints
 
 __all__ = [
     "LossConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "config_to_dict",
     "config_from_dict",
+    "with_saved_defaults",
 ]
 
 
@@ -68,6 +69,11 @@ class LossConfig:
     prediction_weight: float = 1.0
     prediction_beta: float = 2.0
     projector_order: Literal["official", "norm_first"] = "official"
+
+    # Fields added after configs were saved without them, with the value those older runs were
+    # trained with (not today's default): reading an old config.json must not change the model
+    # (config_from_dict / with_saved_defaults fill these in when a saved dict lacks the key).
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"projector_order": "norm_first"}
 
     def __post_init__(self) -> None:
         if self.kind not in ("diffusion", "flow"):
@@ -319,8 +325,31 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 T = TypeVar("T")
 
 
+def with_saved_defaults(cls: type, data: Any) -> Any:
+    """``data`` (a saved :func:`config_to_dict` of ``cls``) with the fields it predates filled in
+    with the values the old runs used (each dataclass' ``SAVED_BEFORE`` map, recursively into
+    nested dataclass fields); other keys, and non-dict ``data``, unchanged.
+
+    Example: a ``LossConfig`` dict without ``projector_order`` (written before issue 11) gets
+    ``"norm_first"``, the order it was trained with, not the new default ``"official"``.
+    """
+    if not (isinstance(data, dict) and isinstance(cls, type) and is_dataclass(cls)):
+        return data
+    out = {**getattr(cls, "SAVED_BEFORE", {}), **data}
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        typ = hints.get(f.name)
+        if f.name in out and isinstance(typ, type) and is_dataclass(typ):
+            out[f.name] = with_saved_defaults(typ, out[f.name])
+    return out
+
+
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Inverse of :func:`config_to_dict` for ``cls`` (nested dataclasses supported).
+
+    A field missing from ``data`` that ``cls`` lists in its ``SAVED_BEFORE`` map (a field added
+    after such files were written) takes the value the old runs used, not today's default
+    (:func:`with_saved_defaults`); other missing fields take the dataclass default.
 
     Every value is checked against the field's annotation (JSON has no tuples: lists are
     accepted for tuples; an int for a float; nothing else is coerced — ``"no"`` is not a bool).
@@ -332,6 +361,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+    data = {**getattr(cls, "SAVED_BEFORE", {}), **data}
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:

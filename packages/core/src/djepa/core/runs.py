@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LoadedRun", "load_run", "resolve_run", "TOKENIZER_FILE", "RUN_CONFIG_FILE"]
+__all__ = ["LoadedRun", "load_run", "resolve_run", "resumed_model_config", "TOKENIZER_FILE",
+           "RUN_CONFIG_FILE"]
 
 TOKENIZER_FILE = "tokenizer.json"
 RUN_CONFIG_FILE = "config.json"
@@ -93,6 +94,65 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object ({what})")
     return data
+
+
+def _fill_predated(cfg: Any, saved: dict[str, Any], where: str, changed: list[str]) -> Any:
+    """``cfg`` with every field that ``saved`` predates (missing there, listed in the dataclass'
+    ``SAVED_BEFORE``) set to the value the old run used; recursive into nested dataclasses."""
+    import dataclasses
+
+    updates: dict[str, Any] = {}
+    old = getattr(type(cfg), "SAVED_BEFORE", {})
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and isinstance(saved.get(f.name), dict):
+            new = _fill_predated(value, saved[f.name], f"{where}{f.name}.", changed)
+            if new is not value:
+                updates[f.name] = new
+        elif f.name in old and f.name not in saved and value != old[f.name]:
+            updates[f.name] = old[f.name]
+            changed.append(f"{where}{f.name}={old[f.name]!r}")
+    return dataclasses.replace(cfg, **updates) if updates else cfg
+
+
+def resumed_model_config(run_dir: str | Path, model_cfg: Any, *, section: str = "model",
+                         log: Any = print) -> Any:
+    """The model config to build when ``run_dir`` is about to be resumed: ``model_cfg`` (built
+    from today's flags and defaults) with every field the run's saved ``config.json`` predates
+    set to the value the run was trained with (the dataclasses' ``SAVED_BEFORE`` maps; e.g.
+    ``LossConfig.projector_order = "norm_first"`` for a run written before that field existed),
+    so that resuming never silently switches the architecture. Fields the saved config does hold
+    are left to the engine's resume check (a different value is refused there).
+
+    Only applies when ``run_dir/checkpoints`` holds a ``step_N`` checkpoint (a fresh start
+    writes a new ``config.json`` and takes today's defaults); otherwise, or when the saved
+    config has no ``section`` object, ``model_cfg`` is returned unchanged.
+
+    Args:
+        run_dir: the run folder (``--output-dir``).
+        model_cfg: a config dataclass instance (e.g. :class:`~djepa.core.config.DJEPAConfig`).
+        section: the key of the model config in ``config.json``.
+        log: called with one line naming the fields taken from the old run.
+
+    Raises:
+        ValueError / FileNotFoundError: ``config.json`` exists but is not a JSON object.
+    """
+    from djepa.core.train.checkpoint import _tags
+
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_CONFIG_FILE
+    root = run_dir / "checkpoints"
+    if not path.is_file() or not root.is_dir() or not _tags(root):
+        return model_cfg
+    saved = _read_json(path, "the run's configuration").get(section)
+    if not isinstance(saved, dict):
+        return model_cfg
+    changed: list[str] = []
+    out = _fill_predated(model_cfg, saved, "", changed)
+    if changed:
+        log(f"{path} predates {', '.join(c.split('=')[0] for c in changed)}: resuming with "
+            f"{', '.join(changed)}, as the run was trained")
+    return out
 
 
 def _load_checkpoint_ema(step_dir: Path, device):

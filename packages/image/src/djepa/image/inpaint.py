@@ -44,18 +44,21 @@ import tyro
 
 from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
-from djepa.image.sampler_flags import SamplerFlags, resolve_device
+from djepa.core.sampler_flags import SamplerFlags, resolve_device
 
 __all__ = ["ImageInpaintConfig", "load_image", "load_mask", "box_mask", "token_mask", "run", "main"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageInpaintConfig(SamplerFlags):
+class ImageInpaintConfig:
     """Inpaint or outpaint an image with a trained D-JEPA (App. D.4): the masked region is generated.
 
     ``--ar-steps`` defaults to the number of unknown tokens (at most 64); ``--cfg`` is ignored
     without ``--class``."""
 
+    sampler: SamplerFlags = field(default_factory=SamplerFlags)
+    """Sampler settings of Algorithm 1 (§3.5), seed, device and precision: the core's
+    SamplerFlags, shared by every sampling command."""
     checkpoint: str
     """A training output folder (its pretrained/ EMA export is used), a save_pretrained folder, or
     one checkpoint RUN/checkpoints/step_XXXXXXXX."""
@@ -219,10 +222,10 @@ def run(cfg: ImageInpaintConfig) -> dict:
         raise FileNotFoundError(f"image {cfg.image} not found")
     if cfg.mask is not None and not Path(cfg.mask).is_file():
         raise FileNotFoundError(f"mask {cfg.mask} not found")
-    device = resolve_device(cfg.device)
-    cfg.autocast(device)  # validates --precision before anything is loaded
+    device = resolve_device(cfg.sampler.device)
+    cfg.sampler.autocast(device)  # validates --precision before anything is loaded
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
-    cfg.prepare_model(model)
+    cfg.sampler.prepare_model(model)
     num_classes = model.config.num_classes
     if cfg.class_id is not None and not 0 <= cfg.class_id < num_classes:
         raise UserError(f"class {cfg.class_id} is out of range: the model has {num_classes} classes "
@@ -242,11 +245,11 @@ def run(cfg: ImageInpaintConfig) -> dict:
     images = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255.0).to(device)
     known_tokens = tokenizer.encode(images).float()
     known_mask = torch.from_numpy(~unknown).unsqueeze(0).to(device)
-    sampler = cfg.sampler_config(n_unknown)
+    sampler = cfg.sampler.sampler_config(n_unknown)
     labels = None if cfg.class_id is None else torch.tensor([cfg.class_id], device=device)
-    gens = [torch.Generator(device=device).manual_seed(cfg.seed)]  # one stream per image (core.rng)
+    gens = [torch.Generator(device=device).manual_seed(cfg.sampler.seed)]  # one stream per image (core.rng)
     t0 = time.perf_counter()
-    with cfg.autocast(device):
+    with cfg.sampler.autocast(device):
         tokens = generate(model, labels, sampler, batch_size=1, generators=gens, known_tokens=known_tokens,
                           known_mask=known_mask, clip_range=tokenizer.value_range)
     seconds = time.perf_counter() - t0

@@ -16,15 +16,18 @@ import torch
 
 from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
-from djepa.image.sampler_flags import SamplerFlags, resolve_device
+from djepa.core.sampler_flags import SamplerFlags, resolve_device
 
 __all__ = ["ImageSampleConfig", "load_checkpoint_ema", "load_generator", "parse_classes", "run", "main"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageSampleConfig(SamplerFlags):
+class ImageSampleConfig:
     """Sample images from a trained D-JEPA (Algorithm 1)."""
 
+    sampler: SamplerFlags = field(default_factory=SamplerFlags)
+    """Sampler settings of Algorithm 1 (§3.5), seed, device and precision: the core's
+    SamplerFlags, shared by every sampling command."""
     checkpoint: str
     """A training output folder (its pretrained/ EMA export is used), a save_pretrained folder, or
     one checkpoint RUN/checkpoints/step_XXXXXXXX (its EMA weights)."""
@@ -111,12 +114,12 @@ def run(cfg: ImageSampleConfig) -> dict:
 
     if cfg.num_per_class < 1 or cfg.batch_size < 1:
         raise UserError("--num-per-class and --batch-size must be >= 1")
-    device = resolve_device(cfg.device)
-    cfg.autocast(device)  # validates --precision before anything is loaded
+    device = resolve_device(cfg.sampler.device)
+    cfg.sampler.autocast(device)  # validates --precision before anything is loaded
     model, tokenizer, info = load_generator(cfg.checkpoint, device)
-    cfg.prepare_model(model)
+    cfg.sampler.prepare_model(model)
     classes = parse_classes(cfg.classes, model.config.num_classes)
-    sampler = cfg.sampler_config(model.config.seq_len)
+    sampler = cfg.sampler.sampler_config(model.config.seq_len)
     labels = torch.tensor(classes).repeat_interleave(cfg.num_per_class)
     out = Path(cfg.output_dir)
     old = [p for p in out.glob("*/*.png") if p.parent.name.isdigit()] if out.is_dir() else []
@@ -130,9 +133,9 @@ def run(cfg: ImageSampleConfig) -> dict:
     t0 = time.perf_counter()
     for start in range(0, len(labels), cfg.batch_size):
         lab = labels[start:start + cfg.batch_size].to(device)
-        with cfg.autocast(device):
+        with cfg.sampler.autocast(device):
             # image i draws from its own stream seeded seed + i: the same images at any --batch-size
-            gens = row_generators(range(cfg.seed + start, cfg.seed + start + len(lab)), device)
+            gens = row_generators(range(cfg.sampler.seed + start, cfg.sampler.seed + start + len(lab)), device)
             tokens = generate(model, lab, sampler, generators=gens,
                               clip_range=tokenizer.value_range).float().cpu()
         outside += fraction_outside(tokens, tokenizer.value_range) * tokens.numel()
@@ -150,7 +153,7 @@ def run(cfg: ImageSampleConfig) -> dict:
                    fraction_outside_range=outside / max(total, 1), grid=str(grid_path),
                    sampler=dict(ar_steps=sampler.num_ar_steps, denoise_steps=sampler.num_denoise_steps,
                                 cfg=sampler.cfg_scale, temperature=sampler.temperature),
-                   compiled=cfg.compile, precision=cfg.precision)
+                   compiled=cfg.sampler.compile, precision=cfg.sampler.precision)
     print(f"image-sample: {len(labels)} images in {seconds:.1f} s "
           f"({seconds / len(labels):.3f} s/img); values outside {tokenizer.value_range} before clamp: "
           f"{100 * summary['fraction_outside_range']:.3f} %; grid: {grid_path}")

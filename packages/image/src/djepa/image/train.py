@@ -25,7 +25,7 @@ from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
-from djepa.core.runs import TOKENIZER_FILE
+from djepa.core.runs import TOKENIZER_FILE, resumed_model_config
 from djepa.core.train.config import TrainConfig
 from djepa.core.train.checkpoint import one_writer
 
@@ -96,6 +96,10 @@ def build_model_config(cfg: ImageTrainConfig, *, channels: int, image_size: int,
     return cfg.model.build(token_dim=channels * cfg.patch_size ** 2, grid=(g, g), num_classes=num_classes)
 
 
+def _quiet(message: str) -> None:
+    """A log function that says nothing (ranks other than 0)."""
+
+
 def _is_rank0() -> bool:
     import os
 
@@ -113,10 +117,10 @@ def run(cfg: ImageTrainConfig) -> int:
         UserError / ValueError / FileNotFoundError: bad flags or data (clear messages).
     """
     from djepa.core.model import DJEPA
-    from djepa.core.sampler import generate
     from djepa.core.config import SamplerConfig, config_to_dict
     from djepa.core.train import train
     from djepa.image.datasets import build_dataset
+    from djepa.image.preview import ImageGridPreview
     from djepa.image.tokenizer import PixelTokenizer
 
     default_size = {"digits": 8, "idx": None, "imagefolder": None}[cfg.dataset]
@@ -136,11 +140,13 @@ def run(cfg: ImageTrainConfig) -> int:
     model_cfg = build_model_config(cfg, channels=tokenizer.latent_channels if latent else channels,
                                    image_size=tokenizer.latent_size[0] if latent else image_size,
                                    num_classes=num_classes)
+    train_cfg = cfg.train
+    out = Path(train_cfg.output_dir)
+    if train_cfg.resume is not False:  # an old run resumes with the choices it was trained with
+        model_cfg = resumed_model_config(out, model_cfg, log=print if _is_rank0() else _quiet)
     torch.manual_seed(cfg.train.seed)
     model = DJEPA(model_cfg)
 
-    train_cfg = cfg.train
-    out = Path(train_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)]))
     tok_info = dict(tokenizer.to_config(), class_names=class_names)  # djepa.core.tokenizer record
@@ -152,21 +158,14 @@ def run(cfg: ImageTrainConfig) -> int:
         return {"tokens": tokenizer.encode(images.to(device, non_blocking=True)),
                 "labels": labels.to(device, non_blocking=True)}
 
-    grid_labels = torch.arange(num_classes).repeat_interleave(max(1, 100 // num_classes))[:100]
-    sampler_cfg = SamplerConfig(num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg,
-                                temperature=1.0, num_denoise_steps=50)
-
-    def sample_fn(ema_module, step):
-        dev = next(ema_module.parameters()).device
-        tokens = generate(ema_module, grid_labels.to(dev), sampler_cfg,
-                          generator=torch.Generator(device=dev).manual_seed(cfg.train.seed),
-                          clip_range=tokenizer.value_range)
-        return tokenizer.decode(tokens.float().cpu())
+    preview = ImageGridPreview(tokenizer, class_names, SamplerConfig(
+        num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg, temperature=1.0,
+        num_denoise_steps=50), num_images=100)
 
     data_info = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size,
                      vae=cfg.vae, cached_latents=cfg.cached_latents)
     result = train(model, dataset, train_cfg, prepare_batch=latent.prepare_batch if latent else prepare_batch,
-                   sample_fn=sample_fn if train_cfg.sample_every else None,
+                   preview=preview if train_cfg.sample_every else None,
                    config_to_save={"image": flat_dict(cfg), "model": config_to_dict(model_cfg),
                                    "tokenizer": tok_info, "data": data_info},
                    must_match=("model", "tokenizer", "data"))

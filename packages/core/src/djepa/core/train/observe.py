@@ -1,4 +1,5 @@
-"""Observability on rank 0: progress bar, log lines, TensorBoard scalars, sample grids."""
+"""Observability on rank 0: progress bar, log lines, TensorBoard scalars and images; the PNG
+grid writer of :func:`~djepa.core.train.preview.image_grid_preview`."""
 
 from __future__ import annotations
 
@@ -90,13 +91,10 @@ class Observer:
         else:
             print(message, flush=True)
 
-    def images(self, step: int, images: Tensor) -> Path:
-        grid = make_grid(images.detach().float().cpu().clamp(0, 1))
-        path = self.output_dir / "samples" / f"step_{step:08d}.png"
-        write_png(path, grid)
+    def image(self, step: int, tag: str, image: Tensor) -> None:
+        """Add one ``[C, H, W]`` image in ``[0, 1]`` to TensorBoard (no-op without a writer)."""
         if self.writer is not None:
-            self.writer.add_image("samples", grid, step)
-        return path
+            self.writer.add_image(tag, image.detach().float().cpu().clamp(0, 1), step)
 
     def close(self) -> None:
         if self.writer is not None:
