@@ -241,7 +241,8 @@ _CASES = ["kpm", "kpm_all_padding", "2d", "3d", "4d_1head", "4d_heads", "kpm_and
 
 @pytest.mark.parametrize("case,lq", [(c, lq) for c in _CASES for lq in (7, 3)] + [("block_causal", 7)])
 def test_every_mask_shape_matches_the_loop_reference(case, lq):
-    from djepa.core.attention import _math_attention, allowed_keys, xformers_bias
+    from djepa.core.attention import allowed_keys, xformers_bias
+    from djepa.core.cpu_speed.dropout import math_attention
 
     B, H, Lk, d = 2, 2, 7, 4
     g = torch.Generator().manual_seed(11)
@@ -257,8 +258,8 @@ def test_every_mask_shape_matches_the_loop_reference(case, lq):
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
     allowed, empty = allowed_keys(B, H, lq, Lk, kpm, am)
-    # the written-out math path (used for CPU dropout) with the same combined mask
-    math_out = _math_attention(q, k, v, allowed, 0.0).masked_fill(empty, 0.0)
+    # the written-out math path (cpu_speed, used for CPU dropout) with the same combined mask
+    math_out = math_attention(q, k, v, allowed, 0.0).masked_fill(empty, 0.0)
     torch.testing.assert_close(math_out, ref, atol=1e-10, rtol=1e-10)
     # the xformers bias (CUDA-only kernel; its input is built and checked here on CPU)
     bias = xformers_bias(allowed, B, H, lq, torch.float64)

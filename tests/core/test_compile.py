@@ -1,11 +1,11 @@
-"""djepa.core.compile: the backbone compiled for sampling gives the eager numbers."""
+"""djepa.core.cpu_speed.compile: the backbone compiled for sampling gives the eager numbers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from djepa.core.compile import compile_backbone_for_sampling, is_compiled_for_sampling
+from djepa.core.cpu_speed.compile import compile_backbone_for_sampling, is_compiled_for_sampling
 from djepa.core.config import SamplerConfig, preset
 from djepa.core.model import DJEPA
 from djepa.core.sampler import generate

@@ -1,4 +1,5 @@
-"""djepa.core.dropout: the CPU dropout mask from NumPy PCG64, seeded from torch's generator."""
+"""djepa.core.cpu_speed.dropout: the CPU dropout mask from NumPy PCG64, seeded from torch's
+generator, plugged into the model's dropout and attention by ``cpu_speed.install``."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from djepa.core import dropout as D
+from djepa.core import cpu_speed
 from djepa.core.attention import attention_kernel
+from djepa.core.cpu_speed import SpeedSettings
+from djepa.core.cpu_speed import dropout as D
+from djepa.core.dropout import Dropout
 
 
 @pytest.fixture
 def numpy_rng():
-    old = D.cpu_dropout_rng()
-    D.set_cpu_dropout_rng("numpy")
-    yield
-    D.set_cpu_dropout_rng(old)
+    with cpu_speed.using(SpeedSettings(dropout_masks="numpy", malloc="system")):
+        yield
 
 
 def test_keep_mask_is_bernoulli_and_reproducible(numpy_rng):
@@ -39,7 +41,7 @@ def test_keep_mask_is_bernoulli_and_reproducible(numpy_rng):
 
 
 def test_dropout_values_gradient_and_identity_cases(numpy_rng):
-    drop = D.Dropout(0.25)
+    drop = Dropout(0.25)
     assert isinstance(drop, torch.nn.Dropout) and drop.state_dict() == {}
     x = torch.randn(64, 32, requires_grad=True)
     assert drop.eval()(x) is x
@@ -51,10 +53,10 @@ def test_dropout_values_gradient_and_identity_cases(numpy_rng):
     torch.testing.assert_close(y, torch.where(keep, x / 0.75, 0.0), atol=0, rtol=1e-6)
     y.sum().backward()
     torch.testing.assert_close(x.grad, keep.float() / 0.75, atol=0, rtol=1e-6)
-    assert D.Dropout(0.0).train()(x) is x
-    assert torch.equal(D.dropout(x, 1.0), torch.zeros_like(x))  # as F.dropout, not an error
+    assert Dropout(0.0).train()(x) is x
+    assert torch.equal(D.numpy_dropout(x, 1.0), torch.zeros_like(x))  # as F.dropout, not an error
     # other devices keep torch's own dropout (here: the meta device, shape only)
-    m = D.dropout(torch.empty(4, 5, device="meta"), 0.5)
+    m = D.numpy_dropout(torch.empty(4, 5, device="meta"), 0.5)
     assert m.device.type == "meta" and m.shape == (4, 5)
 
 
@@ -63,7 +65,7 @@ def test_bf16_dropout_is_unbiased(numpy_rng):
     # 0.16 %. Scaling x in float and rounding once per element leaves only zero-mean rounding.
     torch.manual_seed(0)
     x = (1 + torch.rand(2_000_000)).bfloat16()
-    y = D.dropout(x, 0.1)
+    y = D.numpy_dropout(x, 0.1)
     kept = y != 0
     ratio = (y[kept].double() / x[kept].double()).mean().item()
     assert abs(ratio - 1 / 0.9) < 2e-4, ratio
@@ -71,27 +73,26 @@ def test_bf16_dropout_is_unbiased(numpy_rng):
     assert abs(torch_ratio[torch_ratio > 0].mean().item() - 1 / 0.9) > 1e-3
 
 
-def test_torch_rng_switch_gives_torchs_own_dropout(monkeypatch):
-    old = D.cpu_dropout_rng()
-    try:
-        D.set_cpu_dropout_rng("torch")
-        x = torch.randn(128, 16)
-        torch.manual_seed(5)
-        a = D.Dropout(0.1).train()(x)
-        torch.manual_seed(5)
-        assert torch.equal(a, F.dropout(x, 0.1, True))
-        with pytest.raises(ValueError, match="numpy"):
-            D.set_cpu_dropout_rng("mkl")
-        # the environment variable is read at the first use; a bad value is a clear error
-        monkeypatch.setattr(D, "_rng", None)
-        monkeypatch.setenv("DJEPA_CPU_DROPOUT_RNG", "torch")
-        assert D.cpu_dropout_rng() == "torch"
-        monkeypatch.setattr(D, "_rng", None)
-        monkeypatch.setenv("DJEPA_CPU_DROPOUT_RNG", "pcg")
-        with pytest.raises(ValueError, match="DJEPA_CPU_DROPOUT_RNG"):
-            D.cpu_dropout_rng()
-    finally:
-        D.set_cpu_dropout_rng(old)
+def test_torch_masks_and_library_default_give_torchs_own_dropout(monkeypatch):
+    x = torch.randn(128, 16)
+    q, k, v = (torch.randn(2, 2, 6, 4) for _ in range(3))
+    # the old environment variable is not read anywhere any more
+    monkeypatch.setenv("DJEPA_CPU_DROPOUT_RNG", "numpy")
+    for settings in (SpeedSettings(dropout_masks="torch", malloc="system"), SpeedSettings.off()):
+        with cpu_speed.using(settings):
+            assert cpu_speed.dropout_mask_source() == "torch"
+            torch.manual_seed(5)
+            a = Dropout(0.1).train()(x)
+            torch.manual_seed(5)
+            assert torch.equal(a, F.dropout(x, 0.1, True))
+            torch.manual_seed(5)
+            att = attention_kernel(q, k, v, None, dropout_p=0.3)
+            torch.manual_seed(5)
+            assert torch.equal(att, F.scaled_dot_product_attention(q, k, v, dropout_p=0.3))
+    with pytest.raises(ValueError, match="numpy"):
+        SpeedSettings(dropout_masks="mkl")
+    with pytest.raises(ValueError, match="cpu-speed"):
+        SpeedSettings.from_flag("fast")
 
 
 def _attention_reference(q, k, v, pad, keep, p):

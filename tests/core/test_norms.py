@@ -3,7 +3,11 @@
 import pytest
 import torch
 
+from djepa.core import cpu_speed, ops
+from djepa.core.cpu_speed import SpeedSettings
 from djepa.core.norms import LayerNorm, RMSNorm
+
+FAST_LN = SpeedSettings(dropout_masks="torch", layer_norm=True, malloc="system")
 
 
 def _ln_ref(x, w, b, eps=1e-6):
@@ -64,16 +68,23 @@ def test_rmsnorm_reference():
 
 
 def test_layernorm_bf16_cpu_inference_path_matches_the_fp32_upcast():
-    # Without autograd a bf16 input on CPU takes ATen's mixed-dtype kernel (float32 math, one
-    # rounding); it must agree with upcast → fp32 layer_norm → round to one bf16 rounding step.
+    # With cpu_speed's LayerNorm kernel installed, a bf16 input on CPU without autograd takes
+    # ATen's mixed-dtype kernel (float32 math, one rounding); it must agree with upcast → fp32
+    # layer_norm → round to one bf16 rounding step. Without it (library default) the module is
+    # exactly that upcast.
     g = torch.Generator().manual_seed(3)
     ln = LayerNorm(256)
     with torch.no_grad():
         ln.weight.copy_(1 + 0.3 * torch.randn(256, generator=g))
         ln.bias.copy_(0.3 * torch.randn(256, generator=g))
         x = (torch.randn(512, 256, generator=g) * 2 + 0.5).to(torch.bfloat16)
-        fast = ln(x)
         ref = torch.nn.functional.layer_norm(x.float(), (256,), ln.weight, ln.bias, 1e-6).to(torch.bfloat16)
+        with cpu_speed.using(SpeedSettings.off()):
+            assert "layer_norm_fp32" not in ops.overridden()
+            assert torch.equal(ln(x), ref)
+        with cpu_speed.using(FAST_LN):
+            assert ops.overridden()["layer_norm_fp32"] is cpu_speed.layer_norm.bf16_inference_layer_norm
+            fast = ln(x)
     assert fast.dtype == torch.bfloat16
     ulp = torch.finfo(torch.bfloat16).eps * ref.float().abs().clamp_min(2**-8)
     assert ((fast.float() - ref.float()).abs() <= ulp).all()
@@ -89,7 +100,8 @@ def test_layernorm_bf16_with_autograd_keeps_fp32_weight_gradients():
         ln.weight.copy_(1 + 0.3 * torch.randn(256, generator=g))
     x = (torch.randn(4096, 256, generator=g) * 2 + 0.5).to(torch.bfloat16).requires_grad_()
     gy = torch.randn(4096, 256, generator=g).to(torch.bfloat16)
-    ln(x).backward(gy)
+    with cpu_speed.using(FAST_LN):  # installed, but not taken under autograd
+        ln(x).backward(gy)
     got_w, got_b = ln.weight.grad.clone(), ln.bias.grad.clone()
     ln.weight.grad = ln.bias.grad = None
     xf = x.detach().double()

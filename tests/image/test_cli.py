@@ -282,7 +282,7 @@ def test_sample_and_inpaint_share_the_sampler_flags_and_their_errors(trained, tm
 def test_compile_flag_compiles_the_loaded_model_before_sampling(trained, tmp_path, monkeypatch, capsys):
     # The real compile is covered in tests/core/test_compile.py; here only the wiring: the
     # loaded generator is handed to compile_backbone_for_sampling once, before generate runs.
-    import djepa.core.compile as compile_mod
+    import djepa.core.cpu_speed.compile as compile_mod
     import djepa.core.sampler as sampler_mod
 
     events = []

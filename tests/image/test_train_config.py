@@ -34,6 +34,8 @@ BEFORE = dict(
 # now they are flags too, with the same values.
 ENGINE_ONLY = dict(betas=[0.9, 0.95], eps=1e-8, max_nonfinite_steps=20, stop_at_step=None, tensorboard=True,
                    progress_bar=True, verify_checksums=True, deepspeed_log_level="warning")
+# Flags added after the nesting: --cpu-speed (item 10; on = the speed paths the old CLI always ran).
+ADDED = dict(cpu_speed="on")
 
 # The image-train command lines of README.md (after the command) → the values they change.
 README_COMMANDS = {
@@ -65,6 +67,7 @@ OTHER_COMMANDS = {
         dict(sample_every=0, log_every=1, resume=False, num_workers=2, precision="fp32", checkpoint_every=9),
     "--resume yes --sample-ar-steps 4 --sample-cfg 1.5 --latent-shift 0.1 --data-dir d --image-size 28":
         dict(resume=True, sample_ar_steps=4, sample_cfg=1.5, latent_shift=0.1, data_dir="d", image_size=28),
+    "--cpu-speed off": dict(cpu_speed="off"),
 }
 
 
@@ -91,7 +94,7 @@ def test_readme_lists_the_commands_this_test_checks():
 @pytest.mark.parametrize("command", list(README_COMMANDS) + list(OTHER_COMMANDS))
 def test_flags_parse_to_the_values_of_the_flat_config(command):
     changed = {**README_COMMANDS, **OTHER_COMMANDS}[command]
-    expected = {**BEFORE, **ENGINE_ONLY, **changed}
+    expected = {**BEFORE, **ENGINE_ONLY, **ADDED, **changed}
     got = flat_dict(parse(ImageTrainConfig, shlex.split(command)))
     assert got == expected
 

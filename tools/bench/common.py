@@ -101,8 +101,9 @@ def load_average() -> tuple[float, float, float] | None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, threads, versions, load and (on CUDA) the GPU name."""
-    from djepa.core.dropout import cpu_dropout_rng
+    from djepa.core.cpu_speed import installed
 
+    speed = installed()
     flags = cpu_flags()
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
@@ -113,8 +114,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "load_avg_1_5_15": load_average(),
-        "malloc": "glibc, freed memory kept (djepa.core.cpu_malloc)" if _MALLOC["tuned"] else "system default",
-        "cpu_dropout_rng": cpu_dropout_rng(),
+        "malloc": "glibc, freed memory kept (djepa.core.cpu_speed.malloc)" if speed.malloc == "keep"
+                  else "system default",
+        "cpu_dropout_rng": speed.dropout_masks,
+        "cpu_layer_norm_kernel": "bf16 inference" if speed.layer_norm else "plain",
     }
     try:
         import deepspeed  # noqa: F401 - version only
@@ -135,21 +138,17 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def setup_threads(threads: int | None, malloc: str = "tuned", dropout_rng: str = "numpy") -> None:
-    """Torch CPU threads; glibc malloc: ``tuned`` keeps freed memory mapped as every djepa
-    CLI does (``djepa.core.cpu_malloc``), ``system`` leaves glibc's defaults; the CPU dropout
-    mask source (``djepa.core.dropout``: ``numpy`` default, ``torch`` = torch's generator)."""
-    from djepa.core.dropout import set_cpu_dropout_rng
+    """Torch CPU threads, and the CPU speed paths (:func:`djepa.core.cpu_speed.install`, as the
+    CLIs' ``--cpu-speed on`` with two switches mapped onto its fields): ``malloc`` ``tuned``
+    keeps freed memory mapped, ``system`` leaves glibc's defaults; ``dropout_rng`` is the CPU
+    mask source (``numpy`` default, ``torch`` = torch's generator). The bf16 inference LayerNorm
+    kernel is always on (as in the CLIs)."""
+    from djepa.core.cpu_speed import SpeedSettings, install
 
-    set_cpu_dropout_rng(dropout_rng)
+    install(SpeedSettings(dropout_masks=dropout_rng, layer_norm=True,
+                          malloc="keep" if malloc == "tuned" else "system"))
     if threads:
         torch.set_num_threads(threads)
-    if malloc == "tuned":
-        from djepa.core.cpu_malloc import keep_freed_memory
-
-        _MALLOC["tuned"] = keep_freed_memory()
-
-
-_MALLOC: dict[str, bool] = {"tuned": False}
 
 
 # ---------------------------------------------------------------------------- timing

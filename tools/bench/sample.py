@@ -45,8 +45,8 @@ def run(cfg, *, batch: int, device: torch.device, ar_steps: int, denoise_steps: 
     from djepa.core.sampler import generate
 
     model = build(cfg, device, seed) if model is None else model
-    if compile_:  # djepa.core.compile: Inductor, frozen weights; the first call compiles
-        from djepa.core.compile import compile_backbone_for_sampling
+    if compile_:  # djepa.core.cpu_speed.compile: Inductor, frozen weights; the first call compiles
+        from djepa.core.cpu_speed.compile import compile_backbone_for_sampling
 
         compile_backbone_for_sampling(model)
     scfg = SamplerConfig(num_ar_steps=ar_steps, cfg_scale=cfg_scale, temperature=temperature,
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=90.0)
     ap.add_argument("--compile", action="store_true",
-                    help="compile the backbone blocks for sampling (djepa.core.compile; the "
+                    help="compile the backbone blocks for sampling (djepa.core.cpu_speed.compile; the "
                          "compile happens in the warm-up run, reported as first_call_s)")
     args = ap.parse_args(argv)
 

@@ -2,12 +2,12 @@
 
 * attention kernel: ``sdpa`` vs ``xformers`` (CUDA only; ``n/a`` elsewhere);
 * ``torch.compile`` on/off (training step: blocks + denoising MLP compiled per module;
-  sampling: the backbone blocks with frozen weights, ``djepa.core.compile``);
+  sampling: the backbone blocks with frozen weights, ``djepa.core.cpu_speed.compile``);
 * bf16 autocast vs fp32 (training step and sampling);
 * CFG as one doubled batch (what ``djepa.core.sampler.generate`` does) vs two passes (a
   comparison variant written here only: two backbone passes and two denoising-MLP calls per step);
-* CPU dropout masks from NumPy PCG64 (``djepa.core.dropout``, the default) vs torch's generator;
-* glibc malloc keeping freed memory (``djepa.core.cpu_malloc``, what the CLIs do) vs glibc's
+* CPU dropout masks from NumPy PCG64 (``djepa.core.cpu_speed.dropout``, the default) vs torch's generator;
+* glibc malloc keeping freed memory (``djepa.core.cpu_speed.malloc``, what the CLIs do) vs glibc's
   defaults (CPU only: a process-wide setting, so each row is its own ``sample.py`` /
   ``train_step.py`` subprocess).
 
@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
                 except Exception as e:  # compile toolchain missing etc.
                     add("compile", f"{'on' if comp else 'off'} {prec}", "train ms/step", None, "ms",
                         f"failed: {type(e).__name__}: {str(e)[:80]}")
-        # sampling: the backbone compiled for inference (djepa.core.compile, frozen weights)
+        # sampling: the backbone compiled for inference (djepa.core.cpu_speed.compile, frozen weights)
         cfg = C.build_config(args.config, token_dim=args.token_dim, grid=tuple(args.grid),
                              num_classes=args.num_classes)
         for comp in (False, True):
@@ -203,14 +203,14 @@ def main(argv=None) -> dict:
 
     # CPU dropout masks: NumPy PCG64 (default) vs torch's generator (training step, bf16)
     if "dropout" not in args.skip and device.type == "cpu":
-        from djepa.core.dropout import cpu_dropout_rng, set_cpu_dropout_rng
+        import dataclasses
 
-        before = cpu_dropout_rng()
+        from djepa.core.cpu_speed import installed, using
+
         for rng in ("torch", "numpy"):
-            set_cpu_dropout_rng(rng)
-            ms, sps = train("bf16")
+            with using(dataclasses.replace(installed(), dropout_masks=rng)):
+                ms, sps = train("bf16")
             add("dropout", f"{rng} masks", "train ms/step bf16", ms, "ms", f"{sps:.1f} samples/s")
-        set_cpu_dropout_rng(before)
     # glibc malloc: kept freed memory vs defaults (subprocesses; bf16 as the CLIs run)
     if "malloc" not in args.skip and device.type == "cpu":
         here = Path(__file__).resolve().parent

@@ -67,9 +67,12 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile", action="store_true",
-                    help="compile the backbone for sampling (djepa.core.compile), as image-sample --compile")
+                    help="compile the backbone for sampling (djepa.core.cpu_speed.compile), as image-sample --compile")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    from djepa.core.cpu_speed import SpeedSettings, install
+
+    install(SpeedSettings.on())  # the CPU speed paths the CLIs run (--cpu-speed on)
 
     from djepa.core.config import SamplerConfig
     from djepa.core.sampler import generate
@@ -79,7 +82,7 @@ def main() -> int:
 
     model, tokenizer, _ = load_generator(args.checkpoint)
     if args.compile:
-        from djepa.core.compile import compile_backbone_for_sampling
+        from djepa.core.cpu_speed.compile import compile_backbone_for_sampling
 
         compile_backbone_for_sampling(model)
     clf = fit_reference_classifier(args.dataset, args.data_dir if args.dataset != "digits" else None)

@@ -339,6 +339,9 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--_train-one", dest="_train_one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from djepa.core.cpu_speed import SpeedSettings, install
+
+    install(SpeedSettings.on())  # the CPU speed paths the CLIs run (--cpu-speed on)
 
     root = Path(args.output_dir)
     steps = _eval_steps(args.eval_steps, args.steps)

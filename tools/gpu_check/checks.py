@@ -833,7 +833,7 @@ def _speed_sample(ctx: Context, cfg_on: bool, compiled: bool = False) -> dict:
     model = S.build(s["cfg"], ctx.device)
     warm_cfg = api.sampler_config(ar_steps=2, denoise_steps=2, cfg_scale=3.0 if cfg_on else 1.0)
     if compiled:
-        from djepa.core.compile import compile_backbone_for_sampling
+        from djepa.core.cpu_speed.compile import compile_backbone_for_sampling
 
         compile_backbone_for_sampling(model)
     t0 = time.perf_counter()

@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from djepa.core.dropout import Dropout, dropout, uses_numpy_masks
-from djepa.core.norms import RMSNorm, no_autocast
+from djepa.core import ops
+from djepa.core.dropout import Dropout
+from djepa.core.norms import RMSNorm
 from djepa.core.rope import apply_rope
 
 __all__ = ["KERNELS", "attention_kernel", "allowed_keys", "block_causal_mask", "xformers_bias", "Attention", "MLP"]
@@ -159,10 +159,9 @@ def attention_kernel(
         key_padding_mask: ``[B, Lk]`` bool, True = padding (never attended to), or None.
         dropout_p: attention-probability dropout; the caller passes 0 in eval mode.
         kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``, any device) or ``"xformers"``
-            (``xformers.ops.memory_efficient_attention``, CUDA only). With ``"sdpa"``, CPU
-            training with dropout uses the same math written out (scores, softmax and dropout
-            in float32, P·V in v's dtype) so that the dropout mask comes from
-            :mod:`djepa.core.dropout` (NumPy PCG64).
+            (``xformers.ops.memory_efficient_attention``, CUDA only). ``"sdpa"`` goes through
+            the hook :func:`djepa.core.ops.sdpa` (``djepa.core.cpu_speed`` may install the same
+            maths written out, with its CPU dropout masks).
         attn_mask: bool, True = may attend, ``[Lq, Lk]`` / ``[B, Lq, Lk]`` / ``[B, 1|H, Lq, Lk]``
             (see :func:`allowed_keys`), or None.
 
@@ -178,10 +177,8 @@ def attention_kernel(
     Lk = k.shape[-2]
     allowed, empty = allowed_keys(B, H, Lq, Lk, key_padding_mask, attn_mask, q.device)
 
-    if kernel == "sdpa" and 0.0 < dropout_p < 1.0 and uses_numpy_masks(q):
-        out = _math_attention(q, k, v, allowed, dropout_p)
-    elif kernel == "sdpa":
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+    if kernel == "sdpa":
+        out = ops.sdpa(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
     else:
         if q.device.type != "cuda":
             raise RuntimeError(_XFORMERS_ERROR + f" (tensors are on {q.device.type})")
@@ -194,27 +191,6 @@ def attention_kernel(
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
     return out
-
-
-def _math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None,
-                    dropout_p: float) -> Tensor:
-    """SDPA's CPU math path written out, so that the attention-probability dropout takes its
-    mask from :func:`djepa.core.dropout.dropout` (CPU training with dropout, where SDPA would
-    use its math path too). Scores, softmax and dropout in (at least) float32 with autocast
-    off; the dropped-out probabilities then meet v in v's dtype, as in flash attention on GPU
-    (bf16 P·V with float accumulation; all-float32 P·V cost 20 % of a bf16 reference-tiny
-    training step on CPU). Result in ``q.dtype``.
-
-    Shapes: q ``[B, H, Lq, d]``, k/v ``[B, H, Lk, d]``, ``allowed`` bool broadcastable to
-    ``[B, H, Lq, Lk]`` (True = attend; see :func:`allowed_keys`) or None; returns ``[B, H, Lq, d]``.
-    """
-    dt = torch.promote_types(q.dtype, torch.float32)
-    with no_autocast(q.device):  # autocast would cast the float32 matmuls back down
-        s = torch.matmul(q.to(dt), k.to(dt).transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-        if allowed is not None:
-            s = s.masked_fill(~allowed, float("-inf"))
-        a = dropout(torch.softmax(s, dim=-1), dropout_p).to(v.dtype)
-    return torch.matmul(a, v).to(q.dtype)
 
 
 def query_rows_of_mask(attn_mask: Tensor, query_idx: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
-__all__ = ["UserError", "parse", "load_config_file", "run_main", "flag_fields", "flat_dict"]
+__all__ = ["UserError", "parse", "load_config_file", "run_main", "with_cpu_speed", "flag_fields", "flat_dict"]
 
 T = TypeVar("T")
 
@@ -163,6 +163,23 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None =
     return tyro.cli(cls, args=rest, prog=prog, description=desc, config=(tyro.conf.OmitArgPrefixes,))
 
 
+def with_cpu_speed(cfg: T) -> T:
+    """Install the CPU speed paths of a parsed CLI config's ``speed`` field (a
+    :class:`~djepa.core.cpu_speed.CpuSpeedFlags`, the ``--cpu-speed`` flag) and return ``cfg``:
+    ``run_main(prog, lambda: run(with_cpu_speed(parse(Config, argv))))``.
+
+    Raises:
+        TypeError: ``cfg`` has no ``speed`` field of that type.
+    """
+    from djepa.core import cpu_speed
+
+    flags = getattr(cfg, "speed", None)
+    if not isinstance(flags, cpu_speed.CpuSpeedFlags):
+        raise TypeError(f"{type(cfg).__name__} has no `speed: CpuSpeedFlags` field")
+    cpu_speed.install(flags.settings())
+    return cfg
+
+
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     """Run ``fn``; expected errors become ``prog: error: message`` on stderr and exit status 2.
 
@@ -171,15 +188,23 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     non-finite-loss errors); only the message's first line is printed.
     Set ``DJEPA_DEBUG=1`` to get the traceback instead. ``KeyboardInterrupt`` exits 130.
 
-    Before ``fn`` it keeps freed host memory mapped (:func:`djepa.core.cpu_malloc.keep_freed_memory`;
-    ``DJEPA_MALLOC=system`` keeps glibc's defaults).
+    ``fn`` installs the CPU speed paths of its ``--cpu-speed`` flag (:func:`with_cpu_speed`);
+    when it returns, the paths installed before are put back (so in-process callers such as
+    tests see no leftover; the malloc setting stays).
     """
     import os
 
-    from djepa.core.cpu_malloc import keep_freed_memory
+    from djepa.core import cpu_speed
 
-    keep_freed_memory()
-    if os.environ.get("DJEPA_DEBUG"):
+    before = cpu_speed.installed()
+    try:
+        return _run_reporting(prog, fn, debug=bool(os.environ.get("DJEPA_DEBUG")))
+    finally:
+        cpu_speed.install(dataclasses.replace(before, malloc="system"))
+
+
+def _run_reporting(prog: str, fn: Callable[[], int | None], *, debug: bool) -> int:
+    if debug:
         return int(fn() or 0)
     try:
         return int(fn() or 0)

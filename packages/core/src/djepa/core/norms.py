@@ -2,7 +2,9 @@
 RMSNorm qk-norm).
 
 Both layers upcast their input and weights to float32, normalise with autocast disabled and
-return the input's dtype, so bf16 training sees the same statistics as fp32.
+return the input's dtype, so bf16 training sees the same statistics as fp32. LayerNorm goes
+through the hook :func:`djepa.core.ops.layer_norm_fp32` (``F.layer_norm`` on the float32 upcast,
+unless :mod:`djepa.core.cpu_speed` installed its bf16 inference kernel).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from djepa.core import ops
 
 __all__ = ["LayerNorm", "RMSNorm", "no_autocast"]
 
@@ -54,16 +57,7 @@ class LayerNorm(nn.LayerNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         with no_autocast(x.device):
-            if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled():
-                # Inference only (sampling, the no-grad target encoder): ATen's CPU kernel for a
-                # bf16 input with float32 weight/bias normalises in float32 and rounds once to
-                # bf16, as the upcast below does, without writing float32 copies of x and y
-                # (2.5x faster on the reference-tiny backbone's [16, 128, 256]; same values to
-                # one bf16 rounding step). Not with autograd: in torch 2.10 that kernel's
-                # backward loses precision in the weight/bias gradients (8 % off at 4,096 rows).
-                return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
-            y = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
-        return y.to(x.dtype)
+            return ops.layer_norm_fp32(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class RMSNorm(nn.Module):

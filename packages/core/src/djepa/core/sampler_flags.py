@@ -84,7 +84,7 @@ class SamplerFlags:
     def prepare_model(self, model):
         """Apply ``--compile`` to a loaded model (in place); returns it."""
         if self.compile:
-            from djepa.core.compile import compile_backbone_for_sampling
+            from djepa.core.cpu_speed.compile import compile_backbone_for_sampling
 
             compile_backbone_for_sampling(model)
         return model

@@ -9,10 +9,11 @@ cached are skipped. Train on the cache with ``image-train --cached-latents OUT``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 
 __all__ = ["CacheLatentsConfig", "run", "main"]
 
@@ -47,6 +48,8 @@ class CacheLatentsConfig:
     """JSON file of KL16Config fields for a non-standard kl16 checkpoint."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:1, …"""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def run(cfg: CacheLatentsConfig) -> dict:
@@ -74,7 +77,7 @@ def run(cfg: CacheLatentsConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-cache-latents``."""
     return run_main("image-cache-latents",
-                    lambda: run(parse(CacheLatentsConfig, argv, prog="image-cache-latents")) and 0)
+                    lambda: run(with_cpu_speed(parse(CacheLatentsConfig, argv, prog="image-cache-latents"))) and 0)
 
 
 if __name__ == "__main__":

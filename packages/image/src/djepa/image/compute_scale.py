@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 
 __all__ = ["ComputeScaleConfig", "latent_statistics", "run", "main"]
 
@@ -56,6 +57,8 @@ class ComputeScaleConfig:
     """JSON file for the statistics."""
     kl16_config: str | None = None
     """JSON file of KL16Config fields for a non-standard kl16 checkpoint."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def latent_statistics(tokenizer, images, posterior: str = "sample", shift: float = 0.0,
@@ -146,7 +149,7 @@ def run(cfg: ComputeScaleConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-compute-scale``."""
     return run_main("image-compute-scale",
-                    lambda: run(parse(ComputeScaleConfig, argv, prog="image-compute-scale")) and 0)
+                    lambda: run(with_cpu_speed(parse(ComputeScaleConfig, argv, prog="image-compute-scale"))) and 0)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 
 __all__ = ["ImageEvalConfig", "run", "main"]
 
@@ -55,6 +56,8 @@ class ImageEvalConfig:
     """k of the k-NN manifolds of precision/recall (ADM: 3)."""
     progress: bool = True
     """Show a progress bar while extracting features."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def _device(spec: str) -> torch.device:
@@ -148,7 +151,7 @@ def run(cfg: ImageEvalConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-eval``."""
-    return run_main("image-eval", lambda: run(parse(ImageEvalConfig, argv, prog="image-eval")) and 0)
+    return run_main("image-eval", lambda: run(with_cpu_speed(parse(ImageEvalConfig, argv, prog="image-eval"))) and 0)
 
 
 if __name__ == "__main__":

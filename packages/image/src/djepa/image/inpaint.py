@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import tyro
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.sampler_flags import SamplerFlags, resolve_device
 
 __all__ = ["ImageInpaintConfig", "load_image", "load_mask", "box_mask", "token_mask", "run", "main"]
@@ -71,6 +72,8 @@ class ImageInpaintConfig:
     """Region to generate as x0,y0,x1,y1 in the image's pixels (x1, y1 exclusive)."""
     class_id: Annotated[int | None, tyro.conf.arg(name="class")] = None
     """Class to condition on (default: the null class, unconditional)."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def _mode(channels: int) -> str:
@@ -276,7 +279,7 @@ def run(cfg: ImageInpaintConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-inpaint``."""
-    return run_main("image-inpaint", lambda: run(parse(ImageInpaintConfig, argv, prog="image-inpaint")) and 0)
+    return run_main("image-inpaint", lambda: run(with_cpu_speed(parse(ImageInpaintConfig, argv, prog="image-inpaint"))) and 0)
 
 
 if __name__ == "__main__":

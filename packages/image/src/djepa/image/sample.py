@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from djepa.core.cli import UserError, parse, run_main
+from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.sampler_flags import SamplerFlags, resolve_device
 
 __all__ = ["ImageSampleConfig", "load_checkpoint_ema", "load_generator", "parse_classes", "run", "main"]
@@ -40,6 +41,8 @@ class ImageSampleConfig:
     """Where the PNGs and grid.png go."""
     overwrite: bool = False
     """Replace the PNGs of an output folder that already holds samples (refused otherwise)."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def resolve_pretrained(path: str | Path) -> Path:
@@ -160,7 +163,7 @@ def run(cfg: ImageSampleConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-sample``."""
-    return run_main("image-sample", lambda: run(parse(ImageSampleConfig, argv, prog="image-sample")) and 0)
+    return run_main("image-sample", lambda: run(with_cpu_speed(parse(ImageSampleConfig, argv, prog="image-sample"))) and 0)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, flat_dict, parse, run_main
+from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
 from djepa.core.runs import TOKENIZER_FILE, resumed_model_config
@@ -78,6 +79,8 @@ class ImageTrainConfig:
     """Latent shift; None = the VAE's."""
     cached_latents: str | None = None
     """Train on an image-cache-latents folder (posterior sampled per step, flip p = 0.5)."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
 def build_model_config(cfg: ImageTrainConfig, *, channels: int, image_size: int, num_classes: int):
@@ -180,7 +183,7 @@ def run(cfg: ImageTrainConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``image-train``."""
-    return run_main("image-train", lambda: run(parse(ImageTrainConfig, argv, prog="image-train")))
+    return run_main("image-train", lambda: run(with_cpu_speed(parse(ImageTrainConfig, argv, prog="image-train"))))
 
 
 if __name__ == "__main__":

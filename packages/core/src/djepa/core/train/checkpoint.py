@@ -329,11 +329,11 @@ def writing(ckpt_dir: Path, rank: int) -> Iterator[None]:
 
 
 def _dropout_stream() -> str:
-    """What decides CPU dropout masks (``djepa.core.dropout``): source and NumPy version (PCG64
-    streams are not promised stable across NumPy versions, NEP 19)."""
-    from djepa.core.dropout import cpu_dropout_rng
+    """What decides CPU dropout masks (``djepa.core.cpu_speed``: ``numpy`` or ``torch``) and the
+    NumPy version (PCG64 streams are not promised stable across NumPy versions, NEP 19)."""
+    from djepa.core.cpu_speed import dropout_mask_source
 
-    return f"{cpu_dropout_rng()} (numpy {np.__version__})"
+    return f"{dropout_mask_source()} (numpy {np.__version__})"
 
 
 def rng_state() -> dict[str, Any]:
@@ -356,7 +356,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
         warnings.warn(f"checkpoint drew CPU dropout masks from {saved}, this run from {now}: "
                       f"the resumed run is not bit-identical to an uninterrupted one "
-                      f"(set DJEPA_CPU_DROPOUT_RNG to match)", stacklevel=2)
+                      f"(--cpu-speed on draws numpy masks, off torch's)", stacklevel=2)
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

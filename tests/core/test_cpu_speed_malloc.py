@@ -1,4 +1,4 @@
-"""djepa.core.cpu_malloc: freed host memory stays mapped, measured as page faults.
+"""djepa.core.cpu_speed.malloc: freed host memory stays mapped, measured as page faults.
 
 Each case runs in a fresh interpreter: the setting is process-wide and cannot be undone.
 A 48 MiB tensor is above glibc's largest dynamic mmap threshold (32 MiB), so with glibc's
@@ -37,7 +37,7 @@ _PROBE = textwrap.dedent(f"""
 def _probe(setup: str, **env: str) -> tuple[str, float]:
     code = _PROBE.replace("{setup}", setup)
     full_env = {k: v for k, v in os.environ.items()
-                if k not in ("DJEPA_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                              "LD_PRELOAD", "GLIBC_TUNABLES")}
     full_env.update(env, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
@@ -55,35 +55,56 @@ def test_glibc_defaults_fault_every_large_allocation_again():
 
 
 def test_keep_freed_memory_removes_the_faults():
-    applied, faults = _probe("from djepa.core.cpu_malloc import keep_freed_memory\n"
+    applied, faults = _probe("from djepa.core.cpu_speed.malloc import keep_freed_memory\n"
                              "applied = keep_freed_memory()")
     assert applied == "True"
     assert faults <= 0.01 * PAGES, faults
 
 
-def test_run_main_applies_it_for_every_cli():
-    applied, faults = _probe("from djepa.core.cli import run_main\n"
-                             "applied = 'cli'\n"
-                             "run_main('probe', lambda: 0)")
-    assert faults <= 0.01 * PAGES, faults
+_CLI = ("from dataclasses import dataclass, field\n"
+        "from djepa.core.cli import parse, run_main, with_cpu_speed\n"
+        "from djepa.core.cpu_speed import CpuSpeedFlags\n"
+        "@dataclass(frozen=True)\n"
+        "class Probe:\n"
+        "    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)\n"
+        "applied = run_main('probe', lambda: with_cpu_speed(parse(Probe, ARGS)) and 0)")
 
 
-def test_djepa_malloc_system_keeps_glibc_defaults():
-    applied, faults = _probe("from djepa.core.cpu_malloc import keep_freed_memory\n"
-                             "applied = keep_freed_memory()", DJEPA_MALLOC="system")
-    assert applied == "False"
+def test_cli_cpu_speed_on_applies_it():
+    # every djepa CLI: run_main(prog, lambda: run(with_cpu_speed(parse(...)))); --cpu-speed on
+    # is the default
+    for args in ([], ["--cpu-speed", "on"]):
+        applied, faults = _probe(_CLI.replace("ARGS", repr(args)))
+        assert applied == "0"
+        assert faults <= 0.01 * PAGES, (args, faults)
+
+
+def test_cli_cpu_speed_off_keeps_glibc_defaults():
+    applied, faults = _probe(_CLI.replace("ARGS", repr(["--cpu-speed", "off"])))
+    assert applied == "0"
     assert faults >= MIB / 2, faults
+
+
+def test_cpu_speed_install_applies_it_only_for_malloc_keep():
+    applied, faults = _probe("from djepa.core.cpu_speed import SpeedSettings, install, installed\n"
+                             "install(SpeedSettings(malloc='system'))\n"
+                             "applied = installed().malloc")
+    assert applied == "system" and faults >= MIB / 2, faults
+    applied, faults = _probe("from djepa.core.cpu_speed import SpeedSettings, install, installed\n"
+                             "install(SpeedSettings(malloc='keep'))\n"
+                             "applied = installed().malloc")
+    assert applied == "keep" and faults <= 0.01 * PAGES, faults
 
 
 def test_user_malloc_variables_win():
     for env in (dict(MALLOC_MMAP_THRESHOLD_="131072"), dict(GLIBC_TUNABLES="glibc.malloc.trim_threshold=0")):
-        applied, _ = _probe("from djepa.core.cpu_malloc import keep_freed_memory\n"
+        applied, _ = _probe("from djepa.core.cpu_speed.malloc import keep_freed_memory\n"
                             "applied = keep_freed_memory()", **env)
         assert applied == "False", env
 
 
 def test_threshold_out_of_range_raises():
-    from djepa.core.cpu_malloc import keep_freed_memory
+    from djepa.core.cpu_speed.malloc import keep_freed_memory
 
     for bad in (0, -5, 2**31):
         with pytest.raises(ValueError, match="threshold_bytes"):

@@ -16,8 +16,8 @@ its peak heap size until it exits instead of shrinking after a spike, and while 
 it can hold a few spare copies of the largest block (48 MiB blocks allocated in a loop: RSS
 settles 190 MiB higher after 10 cycles, then stays flat).
 
-Every ``djepa`` CLI calls it at start (:func:`djepa.core.cli.run_main`); the benchmarks do too
-unless ``--malloc system``. Set ``DJEPA_MALLOC=system`` to keep glibc's defaults.
+:func:`djepa.core.cpu_speed.install` calls it for ``SpeedSettings(malloc="keep")``: every
+``djepa`` CLI with ``--cpu-speed on`` (the default), the benchmarks unless ``--malloc system``.
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ _applied: int | None = None
 
 
 def _reason_to_skip() -> str | None:
-    if os.environ.get("DJEPA_MALLOC", "").strip().lower() in ("system", "default", "off", "0"):
-        return "DJEPA_MALLOC=system"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) \
@@ -66,7 +64,7 @@ def keep_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
 
     Returns:
         True when the settings are in effect; False when nothing was changed: not Linux/glibc,
-        ``DJEPA_MALLOC=system``, the user already set ``MALLOC_MMAP_THRESHOLD_`` /
+        the user already set ``MALLOC_MMAP_THRESHOLD_`` /
         ``MALLOC_TRIM_THRESHOLD_`` / ``GLIBC_TUNABLES=glibc.malloc…``, jemalloc/tcmalloc/
         mimalloc is in ``LD_PRELOAD``, or glibc refused both values. A glibc that refuses an
         mmap threshold above its documented 32 MiB maximum gets 32 MiB.
