@@ -91,6 +91,23 @@ def test_padding_invariance_of_features_and_loss_terms():
                                ema.encode_target(long, torch.tensor([2]))[:, :9], atol=1e-12, rtol=1e-12)
 
 
+def test_features_over_all_tokens_never_attend_to_padding():
+    # visible_idx=None ("φ sees every token"): the padding mask must reach the context encoder too
+    model = seq_model()
+    model.eval()
+    x = torch.randn(1, 9, 3, dtype=torch.float64)
+    long = _padded(x, 9, 12)
+    state = model.condition_state(torch.tensor([1]), 1)
+    alone = model.features(x, state, None, positions=torch.arange(9)[None, :, None])
+    padded = model.features(long.tokens, state, None, positions=long.positions, padding=long.padding)
+    torch.testing.assert_close(padded[:, :9], alone, atol=1e-12, rtol=1e-12)
+
+
+def test_a_sequence_condition_needs_rope():
+    with pytest.raises(ValueError, match="needs pos_embed='rope'"):
+        preset("tiny", token_dim=3, grid=(12,), condition="sequence", joint_depth=1)
+
+
 def test_a_batch_with_rows_of_different_length_equals_each_row_alone_in_the_loss():
     model = seq_model()
     model.eval()  # no condition dropout

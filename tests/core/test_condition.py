@@ -48,7 +48,7 @@ def test_structure_joint_depth_and_default_unchanged():
     with pytest.raises(ValueError, match="joint_depth"):
         preset("tiny", joint_depth=1)
     with pytest.raises(ValueError, match="joint_depth"):
-        preset("tiny", condition="sequence", joint_depth=3)
+        preset("tiny", condition="sequence", pos_embed="rope", joint_depth=3)
 
 
 def _seq(values, real_at, total, g):

@@ -135,6 +135,55 @@ def test_manifest_entries_outside_the_checkpoint_are_refused(tmp_path):
         ckpt.verify(d)
 
 
+def test_latest_naming_a_symlinked_step_folder_is_refused(tmp_path):
+    _run(tmp_path / "elsewhere")
+    _run(tmp_path / "run")
+    root = tmp_path / "run" / "checkpoints"
+    (root / "step_99999999").symlink_to(tmp_path / "elsewhere" / "checkpoints" / "step_00000002")
+    (root / "latest").write_text("step_99999999\n")
+    with pytest.raises(CheckpointError) as e:
+        _run(tmp_path / "run", max_steps=4)
+    assert "step_99999999, which is a symlink" in _one_line(e)
+    assert not (tmp_path / "elsewhere" / "checkpoints" / "step_00000004").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_a_symlink_anywhere_in_a_checkpoint_is_refused(tmp_path, where):
+    d = tmp_path / "step_00000002"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "a.bin").write_bytes(b"a")
+    ckpt.write_manifest(d)
+    ckpt.verify(d)                                   # a clean folder verifies
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.pt").write_bytes(b"x")
+    if where == "file":   # not listed in the manifest, but DeepSpeed opens its files by name
+        (d / "mp_rank_00_model_states.pt").symlink_to(tmp_path / "outside" / "x.pt")
+    else:
+        (d / "rng").symlink_to(tmp_path / "outside")
+    with pytest.raises(CheckpointError, match="is a symlink"):
+        ckpt.verify(d)
+
+
+def test_resume_true_without_any_checkpoint_is_refused(tmp_path):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    tag, err = ckpt.choose_checkpoint(root, True)
+    assert tag is None and "holds no checkpoint" in err
+    assert ckpt.choose_checkpoint(root, "auto") == (None, None)
+
+
+def test_a_symlinked_run_lock_is_refused_and_its_target_untouched(tmp_path):
+    target = tmp_path / "bashrc"
+    target.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").symlink_to(target)
+    with pytest.raises(ckpt.RunFolderBusy, match="is a symlink"):
+        with ckpt.run_folder_lock(out):
+            pass
+    assert target.read_text() == "precious\n"
+
+
 # --- one writer --------------------------------------------------------------------------------
 
 def test_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_does_not_block(tmp_path):

@@ -107,7 +107,8 @@ class DJEPAConfig:
         attn_dropout / proj_dropout: dropout in attention and projections / MLP (0.1).
         buffer_size: number of buffer tokens (learned buffer + condition embedding), prepended
             to the encoder input, never masked, dropped before every loss (64).
-        label_drop_prob: class-dropout probability during training → learned null class (0.1).
+        label_drop_prob: condition-dropout probability during training → the learned null
+            (0.1): a class id → the null class; a whole sequence → the null sequence.
         pos_embed: ``"learned"`` position tables (official code) or ``"rope"`` (axial RoPE over
             ``grid``, no tables).
         rope_theta: RoPE base frequency.
@@ -117,7 +118,7 @@ class DJEPAConfig:
         init_std: std of the normal init of embeddings, buffers and mask token (0.02).
         condition: ``"class"`` (class ids → buffer vector + learned null class; the default, the
             paper's image models), ``"none"`` (unconditional) or ``"sequence"`` (a ``[B, L, D_c]``
-            sequence attended through joint blocks; DESIGN.md §7).
+            sequence attended through joint blocks; DESIGN.md §7; needs ``pos_embed="rope"``).
         condition_dim: D_c of a sequence condition (0 = ``encoder_dim``).
         joint_depth: with ``condition="sequence"``, the first ``joint_depth`` blocks of the
             context encoder and of the feature predictor are SD3-style joint blocks (two
@@ -184,6 +185,10 @@ class DJEPAConfig:
         if self.condition not in ("class", "none", "sequence"):
             raise ValueError(f"condition must be 'class', 'none' or 'sequence', got {self.condition!r}")
         if self.condition == "sequence":
+            if self.pos_embed != "rope":
+                raise ValueError("a sequence condition needs pos_embed='rope': its stream has no "
+                                 "position table, so with learned tables the model would see the "
+                                 "condition as an unordered set (issue 11: RoPE on both streams)")
             if self.joint_depth is not None and not 1 <= self.joint_depth <= min(self.encoder_depth, self.predictor_depth):
                 raise ValueError(f"a sequence condition needs joint_depth in [1, min(encoder_depth, "
                                  f"predictor_depth)] (or None = all), got {self.joint_depth}")

@@ -448,7 +448,8 @@ class DJEPA(PretrainedMixin, nn.Module):
         positions ``query_idx: [B, Q] int64`` only, when given (see :meth:`FeaturePredictor.forward`).
         ``positions`` / ``visible_padding`` / ``padding`` as for :meth:`ContextEncoder.forward`."""
         state = ConditionState.of(cond)
-        ctx = self.encoder(tokens, state, visible_idx, positions=positions, visible_padding=visible_padding)
+        ctx = self.encoder(tokens, state, visible_idx, positions=positions,
+                           visible_padding=visible_padding, padding=padding)
         return self.predictor(ctx, visible_idx, query_idx, cond=state, positions=positions,
                               visible_padding=visible_padding, padding=padding, num_tokens=tokens.shape[1])
 

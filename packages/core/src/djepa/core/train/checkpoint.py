@@ -46,6 +46,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -125,7 +126,9 @@ def verify(ckpt_dir: Path, *, checksums: bool = True, files: tuple[str, ...] | N
             checkpoint without reading the DeepSpeed state); each must be listed. ``None``: all.
 
     Raises:
-        CheckpointError: no (readable) manifest, or a listed file missing, of the wrong size
+        CheckpointError: no (readable) manifest; a symlink anywhere in ``ckpt_dir`` (the
+            folder itself, a sub-folder or a file: DeepSpeed opens its files by name, so an
+            unlisted link would be read too); a listed file missing, of the wrong size
             (truncated) or with the wrong sha256 — the message names the file.
     """
     mpath = ckpt_dir / MANIFEST
@@ -143,6 +146,13 @@ def verify(ckpt_dir: Path, *, checksums: bool = True, files: tuple[str, ...] | N
         if unlisted:
             raise CheckpointError(f"{mpath}: lists no {unlisted[0]}")
         listed = {f: listed[f] for f in files}
+    if ckpt_dir.is_symlink():
+        raise CheckpointError(f"{ckpt_dir} is a symlink; a checkpoint must be a real folder of its run")
+    for dirpath, dirnames, filenames in os.walk(ckpt_dir):
+        for name in dirnames + filenames:
+            q = Path(dirpath) / name
+            if q.is_symlink():
+                raise CheckpointError(f"{q} is a symlink; nothing in a checkpoint may point outside it")
     for rel, meta in sorted(listed.items()):
         p = ckpt_dir / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts or p.is_symlink():
@@ -196,6 +206,11 @@ def candidate_tags(root: Path) -> list[str]:
     latest = read_latest(root)
     if latest is None:
         return tags
+    if latest not in tags:
+        q = root / latest
+        why = "a symlink" if q.is_symlink() else ("not a folder" if q.exists() else "missing")
+        raise CheckpointError(f"{root / LATEST} names {latest}, which is {why}: a run resumes only "
+                              f"from a real step_N folder inside {root}; repair or remove it")
     limit = step_of_tag(latest)
     rest = [t for t in tags if t != latest and step_of_tag(t) < limit]
     return [latest] + rest
@@ -232,6 +247,9 @@ def choose_checkpoint(root: Path, resume: bool | str, *, checksums: bool = True,
             return None, (f"{root} already holds checkpoints ({tags[0]} …) and resume=False; "
                           "use resume='auto' / True or a new output_dir")
         return None, None
+    if resume is True and not tags:
+        return None, (f"resume=True but {root} holds no checkpoint; use resume='auto' to start "
+                      f"a new run there")
     problems: list[tuple[str, CheckpointError]] = []
     for i, tag in enumerate(tags):
         try:
@@ -486,7 +504,19 @@ def _lock(out: Path) -> Any:
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
-    f = open(path, "a+")
+    # O_NOFOLLOW: a run folder from someone else may ship run.lock as a link to one of the
+    # user's files, which would then be truncated and written
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunFolderBusy(f"{path} is a symlink; remove it (a run folder's lock must be a "
+                                f"plain file)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunFolderBusy(f"{path} is not a regular file; remove it")
+    f = os.fdopen(fd, "r+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
