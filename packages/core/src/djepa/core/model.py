@@ -116,12 +116,20 @@ class _Rope:
         self.grid = TokenGrid(grid)
         self.rope = AxialRoPE(head_dim, ndim, theta=theta, split=split or default_rope_split(head_dim, ndim))
         self.seq_rope = AxialRoPE(head_dim, 1, theta=theta, split=(head_dim,))
+        self._grid_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def with_buffer(self, num_buffer: int, idx: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """(cos, sin) for ``[buffer; full-grid positions idx [B, K]]`` (None = all N):
-        ``[B or 1, Nb + K, d/2]``."""
-        coords = self.grid.coords(device=device)
-        return self.tables(coords.unsqueeze(0) if idx is None else coords[idx], num_buffer)
+        ``[B or 1, Nb + K, d/2]``. The full grid's tables are computed once per device and
+        cached (as the first release did); indexing them equals :meth:`tables` on the gathered
+        coordinates bit for bit (RoPE is elementwise per position)."""
+        if device not in self._grid_cache:
+            self._grid_cache[device] = self.rope(self.grid.coords(device=device))
+        cos, sin = self._grid_cache[device]
+        cos, sin = (cos.unsqueeze(0), sin.unsqueeze(0)) if idx is None else (cos[idx], sin[idx])
+        b, half = cos.shape[0], cos.shape[-1]
+        return (torch.cat([cos.new_ones(b, num_buffer, half), cos], dim=1),
+                torch.cat([sin.new_zeros(b, num_buffer, half), sin], dim=1))
 
     def tables(self, positions: Tensor, num_buffer: int) -> tuple[Tensor, Tensor]:
         """``[buffer; tokens at positions [B, K, ndim]]`` → (cos, sin) each ``[B, Nb + K, d/2]``."""
@@ -234,21 +242,30 @@ class ContextEncoder(_Stack):
             ``[B, Nb + Nv, E]`` after the final norm (buffer first).
         """
         state = ConditionState.of(cond)
-        if positions is None:
-            positions = _grid_positions(tokens, self.grid)
+        full_grid = positions is None  # the model's own grid: table rows / cached RoPE by index
         kpm = padding
         if visible_idx is not None:
             tokens = gather_rows(tokens, visible_idx)
-            positions = gather_rows(positions, visible_idx)
+            if not full_grid:
+                positions = gather_rows(positions, visible_idx)
             kpm = visible_padding
         x = self.token_embed(tokens.to(self.token_embed.weight.dtype))
         if self.pos_embed is not None:
-            x = x + self.pos_embed[0][_flat_positions(positions, self.grid)]
+            if full_grid:
+                pos = self.pos_embed.expand(x.shape[0], -1, -1)
+                x = x + (pos if visible_idx is None else gather_rows(pos, visible_idx))
+            else:
+                x = x + self.pos_embed[0][_flat_positions(positions, self.grid)]
         buffer = self.buffer.expand(x.shape[0], -1, -1)
         if state.vector is not None:
             buffer = buffer + state.vector.unsqueeze(1)
         x = self.embed_norm(torch.cat([buffer.to(x.dtype), x], dim=1))
-        rope = None if self.rope is None else self.rope.tables(positions, self.buffer_size)
+        if self.rope is None:
+            rope = None
+        elif full_grid:
+            rope = self.rope.with_buffer(self.buffer_size, visible_idx, x.device)
+        else:
+            rope = self.rope.tables(positions, self.buffer_size)
         x = self._run_blocks(x, rope, _key_padding(self.buffer_size, kpm), state)
         return self.norm(x)
 
@@ -307,7 +324,8 @@ class FeaturePredictor(_Stack):
         h = self.embed(context)
         b, nb = h.shape[0], self.buffer_size
         n = num_tokens or (positions.shape[1] if positions is not None else self.num_tokens)
-        if positions is None:
+        full_grid = positions is None and n == self.num_tokens
+        if positions is None and not full_grid:
             positions = _grid_positions(h, self.grid)
         if visible_idx is None:
             x = h
@@ -319,9 +337,15 @@ class FeaturePredictor(_Stack):
             x.scatter_(1, (idx + nb).unsqueeze(-1).expand(-1, -1, h.shape[-1]), h[:, nb:])
             x = x[:, :nb + n]
         if self.pos_embed is not None:
-            pos = self.pos_embed[0][_flat_positions(positions, self.grid)].to(x.dtype)
+            pos = (self.pos_embed if full_grid else
+                   self.pos_embed[0][_flat_positions(positions, self.grid)]).to(x.dtype)
             x = torch.cat([x[:, :nb], x[:, nb:] + pos], dim=1)
-        rope = None if self.rope is None else self.rope.tables(positions, nb)
+        if self.rope is None:
+            rope = None
+        elif full_grid:
+            rope = self.rope.with_buffer(nb, None, x.device)
+        else:
+            rope = self.rope.tables(positions, nb)
         rows = None if query_idx is None else query_idx + nb
         x = self._run_blocks(x, rope, _key_padding(nb, padding), state, rows)
         return self.norm(x)[:, nb:] if rows is None else self.norm(x)
