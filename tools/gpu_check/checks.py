@@ -275,6 +275,19 @@ def check_attention_xformers(ctx: Context) -> dict:
                    tolerances=ATT_TOL, **r)
 
 
+def _loss_and_grads(model, target, tokens, condition, device: torch.device, precision: str,
+                    step_seed: int = 1) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One training forward (loss terms; the step's masks/noise from a CPU generator seeded
+    ``step_seed``) and backward: ``({term: value}, {param name: fp32 CPU grad})``."""
+    with api.autocast(device, precision):
+        parts = api.train_forward(model, tokens, condition, target_model=target,
+                                  generator=torch.Generator().manual_seed(step_seed))
+    parts["loss"].backward()
+    _sync(device)
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: float(v.detach()) for k, v in parts.items()}, grads
+
+
 def _train_step(device: torch.device, precision: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Losses and gradients of one training forward/backward of the tiny model (init on CPU,
     seed 0; batch and every random draw from CPU generators, so CPU and CUDA see the same)."""
@@ -286,13 +299,7 @@ def _train_step(device: torch.device, precision: str) -> tuple[dict[str, float],
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(8, cfg.seq_len, cfg.token_dim, generator=g).to(device)
     labels = torch.randint(0, cfg.num_classes, (8,), generator=g).to(device)
-    with api.autocast(device, precision):
-        parts = api.train_forward(model, tokens, labels, target_model=target,
-                                  generator=torch.Generator().manual_seed(1))
-    parts["loss"].backward()
-    _sync(device)
-    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
-    return {k: float(v.detach()) for k, v in parts.items()}, grads
+    return _loss_and_grads(model, target, tokens, labels, device, precision)
 
 
 #: Training-step tolerances: relative loss error and ‖Δgrad‖/‖grad‖ over all parameters.
@@ -328,13 +335,7 @@ def _seq_train_step(device: torch.device, precision: str) -> tuple[dict[str, flo
     values = torch.where(cpad[..., None], 30 * torch.randn(values.shape, generator=g), values)
     batch = api.batch_to(api.token_batch(tokens, lengths), device)
     cond = api.sequence_input(values.to(device), cpad.to(device))
-    with api.autocast(device, precision):
-        parts = api.train_forward(model, batch, cond, target_model=target,
-                                  generator=torch.Generator().manual_seed(1))
-    parts["loss"].backward()
-    _sync(device)
-    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
-    return {k: float(v.detach()) for k, v in parts.items()}, grads
+    return _loss_and_grads(model, target, batch, cond, device, precision)
 
 
 def _check_train_step(ctx: Context, precision: str, step=_train_step, label: str = "") -> dict:
@@ -510,13 +511,8 @@ def _ckpt_grads(device: torch.device, condition: str, checkpointing: bool, preci
     cond = (torch.tensor([0, 1, 2], device=device) if condition == "class"
             else api.sequence_input(torch.randn(3, 4, SEQ_DC, generator=g).to(device)))
     torch.manual_seed(7)  # dropout masks (CPU and CUDA global RNGs)
-    with api.autocast(device, precision):
-        parts = api.train_forward(model, x, cond, target_model=target,
-                                  generator=torch.Generator().manual_seed(9))
-    parts["loss"].backward()
-    _sync(device)
-    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
-    return float(parts["loss"].detach()), grads
+    parts, grads = _loss_and_grads(model, target, x, cond, device, precision, step_seed=9)
+    return parts["loss"], grads
 
 
 def check_activation_checkpointing(ctx: Context) -> dict:
