@@ -225,6 +225,8 @@ def generate(
     if padding is not None:
         kw["padding"] = torch.cat([padding, padding]) if use_cfg else padding
     arange_n = torch.arange(n, device=device)
+    rank = torch.empty_like(orders).scatter_(1, orders, arange_n.expand(b, n))  # position → order
+    row_offsets = (torch.arange(b, device=device) * n)[:, None]
 
     was_training = model.training
     model.eval()
@@ -235,7 +237,6 @@ def generate(
             if any(take):
                 take_t = torch.tensor(take, device=device)
                 q = max(take)
-                rank = torch.empty_like(orders).scatter_(1, orders, arange_n.expand(b, n))
                 visible_idx, visible_pad = visible_index(rank < revealed[:, None])
                 slots = revealed[:, None] + torch.arange(q, device=device)[None, :]
                 in_step = slots < (revealed + take_t)[:, None]
@@ -265,7 +266,7 @@ def generate(
                     z_cond, z_uncond=z_uncond, cfg_scale=scale,
                     temperature=config.temperature, num_steps=config.num_denoise_steps,
                     generator=noise_gen, clip_range=clip_range, **extra)
-                flat = (pred_idx + arange_n.new_tensor(range(b))[:, None] * n).reshape(-1)[sel]
+                flat = (pred_idx + row_offsets).reshape(-1)[sel]
                 tokens.view(b * n, d)[flat] = x.float()
                 revealed = revealed + take_t
             if callback is not None:
