@@ -218,3 +218,39 @@ def test_probe_errors_are_one_line(runs, tmp_path, capsys):
     assert "give --dataset" in _err(capsys)
     assert probe_cli.main(["--checkpoint", str(runs["flow"]), "--dataset", "idx"]) == 2
     assert "needs a data directory" in _err(capsys)
+
+
+def test_probe_and_finetune_take_a_latent_run(tmp_path):
+    """A run trained in a VAE's latent space (tiny random diffusers AutoencoderKL, stride 2)
+    probes and fine-tunes like a pixel run (features from the posterior mean)."""
+    import numpy as np
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from djepa.image import finetune as ft_cli
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+                        scaling_factor=0.5, shift_factor=0.0).eval()
+    vae.save_pretrained(tmp_path / "kl")
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    run = tmp_path / "run"
+    assert train_cli.main(TINY[:2] + ["--batch-size", "4"] + TINY[4:] + [
+        "--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "8", "--vae",
+        f"diffusers:{tmp_path / 'kl'}", "--patch-size", "1", "--max-steps", "1", "--output-dir", str(run)]) == 0
+    assert json.loads((run / "tokenizer.json").read_text())["kind"] == "vae"
+    out = tmp_path / "p.json"
+    assert probe_cli.main(["--checkpoint", str(run), "--output", str(out), "--no-cache", "--no-progress",
+                           "--val-fraction", "0.25", "--lbfgs-iters", "20"]) == 0
+    res = json.loads(out.read_text())
+    assert res["dataset"] == "imagefolder" and res["num_train"] == 8 and res["feature_dim"] == 64
+    ft = tmp_path / "ft"
+    assert ft_cli.main(["--checkpoint", str(run), "--max-steps", "1", "--batch-size", "4", "--warmup-steps", "0",
+                        "--no-progress-bar", "--zero-stage", "0", "--precision", "fp32", "--output-dir", str(ft)]) == 0
+    assert json.loads((ft / "result.json").read_text())["num_test"] == 8
