@@ -454,7 +454,7 @@ def _optimizer_step(run: _Run, loader: ResumableLoader, step: int, stop_flag: _S
     cfg, engine, device, gas = run.cfg, run.engine, run.device, run.gas
     lr, wd = lr_at(step, cfg, run.world), weight_decay_at(step, cfg)
     for g in engine.optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: params.param_groups (layer-wise decay)
         g["weight_decay"] = wd if g["djepa_decay"] else 0.0
     sums: Tensor | None = None
     stage0_norm: float | None = None
