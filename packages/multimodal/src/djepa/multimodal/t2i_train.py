@@ -179,6 +179,7 @@ def run(cfg: T2ITrainConfig) -> int:
     cache = TextStateCache(encoder)  # each caption encoded once, on first use
     log(f"t2i-train: text encoder {encoder.path} ({encoder.dim}-d, limit {encoder.max_tokens} tokens)")
     pre_encoded = False
+    captions_source = dataset  # COCO: the captions per image (kept when the images are pre-encoded)
     if cfg.vae and getattr(tokenizer, "deterministic", False) and len(dataset) <= 20_000 and cfg.dataset == "coco":
         dataset = _encode_all(dataset, tokenizer)  # deterministic encoder, no flips: encode once
         pre_encoded = True
@@ -219,9 +220,7 @@ def run(cfg: T2ITrainConfig) -> int:
 
     dataset_for_captions = None
     if coco:
-        from djepa.multimodal.coco import CocoCaptions
-
-        dataset_for_captions = CocoCaptions(cfg.data_dir, cfg.coco_split, image_size) if pre_encoded else dataset
+        dataset_for_captions = captions_source
         prompts = [caps[0] for caps in dataset_for_captions.captions[:8]]
     else:
         prompts = [c for _, c in shapes.eval_prompts("seen", 6)] + [c for _, c in shapes.eval_prompts("unseen", 2)]
