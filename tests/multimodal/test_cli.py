@@ -152,3 +152,15 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert "--data-dir" in _error_line(capsys)
     assert t2i_eval.main(["--samples", str(tmp_path)]) == 2
     assert "manifest.jsonl" in _error_line(capsys)
+
+
+def test_prompt_file_with_a_blank_line(trained, tmp_path, capsys):
+    f = tmp_path / "prompts.txt"
+    f.write_text("two green triangles\n\na blue square below a red circle\n")
+    out = tmp_path / "f"
+    assert t2i_sample.main(["--file", str(f), "--checkpoint", str(trained), "--ar-steps", "2",
+                            "--denoise-steps", "2", "--output-dir", str(out)]) == 0
+    assert "prompt 2 is empty" in capsys.readouterr().err
+    recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in recs] == ["two green triangles", "", "a blue square below a red circle"]
+    assert (out / "grid.png").is_file()

@@ -43,8 +43,8 @@ MODALITY = "text-to-image"
 # minutes on two cores, so a fixed lr 1e-3 with warm-up, EMA 0.999 ramped, fp32 (bf16 autocast
 # is slower than fp32 on this CPU path), denser checkpoints and logs.
 T2I_TRAIN_DEFAULTS: dict = dict(
-    output_dir="runs/t2i", max_steps=2000, micro_batch_size=32, lr=1e-3, warmup_steps=100,
-    ema_decay=0.999, ema_warmup_steps=300, checkpoint_every=500, sample_every=1000, log_every=50,
+    output_dir="runs/t2i", max_steps=1500, micro_batch_size=32, lr=1e-3, warmup_steps=100,
+    ema_decay=0.999, ema_warmup_steps=300, checkpoint_every=500, sample_every=500, log_every=50,
     precision="fp32")
 
 
