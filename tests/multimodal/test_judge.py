@@ -1,0 +1,102 @@
+"""The judge on real renders of the set: >= 99 % on ground truth; deliberately wrong renders fail."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from djepa.multimodal import judge as J
+from djepa.multimodal import shapes as S
+
+
+def _scenes(n, seed):
+    rng = random.Random(seed)
+    for _ in range(n):
+        p = S._kind_weighted(S.all_prompts(), rng)
+        yield p, S.sample_scene(p, rng), rng
+
+
+def test_ground_truth_renders_score_at_least_99_percent():
+    vs = [J.judge_image(p, S.render(sc.objects)) for p, sc, _ in _scenes(600, 1)]
+    s = J.summarise(vs)
+    assert s["correct"] >= 0.99, s
+    assert s["object_colour"] >= 0.99 and s["count"] >= 0.99 and s["relation"] >= 0.99
+    assert s["n_count"] > 100 and s["n_relation"] > 200
+
+
+def test_ground_truth_survives_png_round_trip_and_upscaling(tmp_path):
+    from PIL import Image
+
+    ok = 0
+    for k, (p, sc, _) in enumerate(_scenes(100, 2)):
+        img = S.render(sc.objects)
+        arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        big = np.kron(arr, np.ones((3, 3, 1), np.uint8))  # 72 px
+        Image.fromarray(big).save(tmp_path / f"{k}.png")
+        ok += J.judge_image(p, J.load_png(tmp_path / f"{k}.png")).correct
+    assert ok >= 99
+
+
+def _other(value, choices, rng):
+    return rng.choice([c for c in choices if c != value])
+
+
+def test_wrong_renders_fail():
+    n_fail = {"colour": 0, "shape": 0, "relation": 0, "count": 0}
+    n = {k: 0 for k in n_fail}
+    for p, sc, rng in _scenes(400, 3):
+        objs = list(sc.objects)
+        # a wrong colour on one named object
+        i = rng.randrange(len(objs))
+        wrong = objs.copy()
+        wrong[i] = replace(objs[i], colour=_other(objs[i].colour, S.COLOURS, rng))
+        v = J.judge_image(p, S.render(wrong))
+        n["colour"] += 1
+        n_fail["colour"] += not v.correct
+        # a wrong shape
+        wrong = objs.copy()
+        wrong[i] = replace(objs[i], shape=_other(objs[i].shape, S.SHAPES, rng))
+        v = J.judge_image(p, S.render(wrong))
+        n["shape"] += 1
+        # the object is missing (one object / relation) or the count is wrong (n >= 2)
+        n_fail["shape"] += not v.correct and (not v.object_colour or v.count is False)
+        if p.kind == "relation":  # the two objects swapped: the relation is reversed
+            a, b = objs
+            swapped = [replace(a, cx=b.cx, cy=b.cy), replace(b, cx=a.cx, cy=a.cy)]
+            v = J.judge_image(p, S.render(swapped))
+            n["relation"] += 1
+            n_fail["relation"] += (v.relation is False) and not v.correct
+        else:  # one object fewer or one more of the same kind
+            if len(objs) > 1:
+                v = J.judge_image(p, S.render(objs[:-1]))
+            else:
+                p2 = replace(p, count=2)
+                v = J.judge_image(p, S.render(S.sample_scene(p2, rng).objects))
+            n["count"] += 1
+            n_fail["count"] += (v.count is False) and not v.correct
+    for k in n:
+        assert n[k] > 50 and n_fail[k] / n[k] >= 0.99, (k, n_fail[k], n[k])
+
+
+def test_black_and_noise_images_find_nothing():
+    assert J.detect(torch.zeros(3, 24, 24)) == []
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(3, 24, 24, generator=g) * 0.2  # dark noise
+    assert J.detect(noise) == []
+    p = S.parse_caption("a red circle")
+    v = J.judge_image(p, torch.zeros(3, 24, 24))
+    assert not v.object_colour and v.count is False and not v.correct
+
+
+def test_summarise_counts():
+    p1, p2 = S.parse_caption("a red circle"), S.parse_caption("a red circle above a blue square")
+    rng = random.Random(0)
+    good1 = J.judge_image(p1, S.render_scene(p1, rng))
+    good2 = J.judge_image(p2, S.render_scene(p2, rng))
+    bad = J.judge_image(p2, torch.zeros(3, 24, 24))
+    s = J.summarise([good1, good2, bad])
+    assert s["n"] == 3 and s["n_count"] == 1 and s["n_relation"] == 2
+    assert s["relation"] == 0.5 and s["count"] == 1.0 and abs(s["object_colour"] - 2 / 3) < 1e-9
