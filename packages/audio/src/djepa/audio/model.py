@@ -277,11 +277,12 @@ class TTSModel(DJEPA):
         fvalid = torch.arange(t, device=x.device)[None] < frame_lengths[:, None]
         batch = self.mel_to_tokens(x, frame_lengths)
         h = self.phoneme_encoder(phonemes, pvalid)
-        mu = self.prior(h)
-        with torch.no_grad():
-            path = maximum_path(gaussian_log_likelihood(mu.float(), x), pvalid, fvalid)
-        mu_t = expand(mu, path)                                            # [B, T, 80]
-        prior_loss = _masked_mean(0.5 * ((x - mu_t) ** 2).mean(-1) + 0.5 * math.log(2 * math.pi), fvalid)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # MAS and the prior in fp32
+            mu = self.prior(h.float())
+            with torch.no_grad():
+                path = maximum_path(gaussian_log_likelihood(mu, x), pvalid, fvalid)
+            mu_t = expand(mu, path)                                        # [B, T, 80]
+            prior_loss = _masked_mean(0.5 * ((x - mu_t) ** 2).mean(-1) + 0.5 * math.log(2 * math.pi), fvalid)
         dur = path.sum(-1)                                                 # [B, L] frames
         logd = self.duration_predictor(h.detach(), pvalid)[..., 0]
         duration_loss = _masked_mean((logd - torch.log(dur.clamp(min=1))) ** 2, pvalid)
