@@ -112,3 +112,6 @@ def test_sampler_batched_equals_single_with_aligned():
         one = generate(m, SequenceInput(vals[i:i + 1, :lc[i]], None, a[i:i + 1, :lens[i]]), cfg,
                        batch=one_t, generators=row_generators([10 + i]))
         torch.testing.assert_close(both[i, :lens[i]], one[0], rtol=1e-6, atol=1e-8)
+    # the sampler hands the aligned condition to the model (not dropped on the way)
+    other = generate(m, SequenceInput(vals, pad, a + 1.0), cfg, batch=tmpl, generators=row_generators([10, 11]))
+    assert (other - both)[0, :lens[0]].abs().max() > 1e-3
