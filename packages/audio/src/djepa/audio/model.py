@@ -20,8 +20,8 @@ Condition (what the backbone sees):
   embeds the coarse F0 of every frame. It receives the **ground-truth** Parselmouth F0 in
   training and the **pitch predictor**'s F0 at inference (a frame-level regressor on
   ``sg(length-regulated h)``: normalised log-F0 MSE on voiced frames + voicing BCE).
-* per frame ``e_t = h_{a(t)} + W·pitch(f0_t)`` (zero at padding), averaged over the token's g
-  frames → the **token-aligned condition** (``SequenceInput.aligned``, core
+* per frame ``e_t = h_{a(t)} + W·pitch(f0_t) + V·pos_t`` (``pos_t``: where the frame sits in
+  its phoneme, :func:`position_features`; zero at padding), averaged over the token's g frames → the **token-aligned condition** (``SequenceInput.aligned``, core
   ``DJEPAConfig.aligned_dim``), added to each token's embedding in φ and γ.
 
 Losses: ``L = w_d·L_v + w_p·L_p`` (flow matching, App. F, and the prediction loss, as for
@@ -171,6 +171,22 @@ class PhonemeEncoder(nn.Module):
         return self.norm(x) * valid[..., None].to(x.dtype)
 
 
+def position_features(path: Tensor) -> Tensor:
+    """Where each frame sits in its phoneme: ``path [B, L, T]`` → ``[B, T, 3]`` with
+    ``(offset + ½) / duration``, ``log(duration) / 4`` and ``log(1 + offset) / 4`` (offset =
+    frames since the phoneme began; zeros outside the path). Without it the frames of one
+    phoneme differ only by RoPE (a FastSpeech-style length regulator adds positions too)."""
+    d = path.sum(-1)                                                       # [B, L]
+    start = d.cumsum(1) - d
+    fd = expand(d[..., None], path)[..., 0]
+    fs = expand(start[..., None], path)[..., 0]
+    t = torch.arange(path.shape[-1], device=path.device, dtype=path.dtype)[None]
+    on = (path.sum(1) > 0).to(path.dtype)
+    off = (t - fs).clamp(min=0) * on
+    return torch.stack([(off + 0.5) / fd.clamp(min=1) * on, torch.log(fd.clamp(min=1)) / 4 * on,
+                        torch.log1p(off) / 4], -1)
+
+
 class TTSModel(DJEPA):
     """D-JEPA for text-to-speech (module docstring). ``self.config`` is the backbone's
     :class:`DJEPAConfig` (the core's sampler and engine read it); ``self.tts`` the
@@ -188,6 +204,7 @@ class TTSModel(DJEPA):
         self.pitch_predictor = _ConvStack(h, 2, 5, 2)
         self.pitch_embed = nn.Embedding(config.pitch_bins, config.pitch_dim)
         self.pitch_proj = nn.Linear(config.pitch_dim, h)
+        self.position_proj = nn.Linear(3, h)
         self.register_buffer("mel_mean", torch.tensor(config.mel_mean), persistent=False)
         self.register_buffer("mel_std", torch.tensor(config.mel_std), persistent=False)
 
@@ -227,7 +244,8 @@ class TTSModel(DJEPA):
         ``[B, N, H]``."""
         frames = expand(h, path)                                           # [B, T, H]
         on = path.sum(1) > 0                                               # [B, T]
-        e = (frames + self.pitch_proj(self.pitch_embed(coarse))) * on[..., None].to(frames.dtype)
+        e = frames + self.pitch_proj(self.pitch_embed(coarse)) + self.position_proj(position_features(path))
+        e = e * on[..., None].to(frames.dtype)
         t = num_tokens * self.g
         e = F.pad(e, (0, 0, 0, t - e.shape[1]))
         return e.reshape(e.shape[0], num_tokens, self.g, -1).mean(2)

@@ -33,7 +33,7 @@ PREVIEW_TEXT = ("Printing, in the only sense with which we are at present concer
 # fixed lr 1e-3 with warm-up, EMA 0.999 ramped, fp32 (bf16 autocast is slower on most CPUs),
 # dense checkpoints and previews. Everything else is the core's default.
 TTS_TRAIN_DEFAULTS: dict = dict(
-    output_dir="runs/tts", max_steps=4000, micro_batch_size=16, lr=1e-3, warmup_steps=200,
+    output_dir="runs/tts", max_steps=3000, micro_batch_size=8, lr=1e-3, warmup_steps=200,
     ema_decay=0.999, ema_warmup_steps=500, checkpoint_every=500, sample_every=1000, log_every=50,
     precision="fp32")
 
@@ -61,7 +61,7 @@ class TTSTrainConfig:
     """g mel frames per D-JEPA token (token dim 80·g)."""
     hidden: int = 128
     """Width of the phoneme encoder and the conditions."""
-    mlp_width: int = 384
+    mlp_width: int = 256
     """Width of the denoising MLP (the token is 80·g wide)."""
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
     """The backbone: core preset (small = CPU) with the flow matching loss (App. F/G) and RoPE."""
