@@ -126,8 +126,8 @@ def load_training_data(cfg: TTSTrainConfig):
         if not root.exists():
             raise UserError(f"--data-dir {root} does not exist")
         holdout = cfg.holdout
-        split = "all" if holdout else "train"
-    exclude = set(_read_ids(holdout)) if holdout else None
+        split = "all" if holdout is not None else "train"
+    exclude = set(_read_ids(holdout)) if holdout else set()
     ds = TTSDataset(root, split=split, val_fraction=cfg.val_fraction, cache_dir=cache / "features",
                     max_frames=cfg.max_frames, exclude=exclude, progress=_is_rank0())
     info = dict(data_dir=str(root), holdout=holdout, split=split, val_fraction=cfg.val_fraction,
