@@ -41,10 +41,17 @@ def _drop_rows(batch_size: int, p: float, device: torch.device, generator: torch
 @dataclass(frozen=True)
 class SequenceInput:
     """A condition sequence: ``values [B, L, D_c]`` float and ``padding [B, L] bool, True =
-    padding`` (None = no padding)."""
+    padding`` (None = no padding).
+
+    ``aligned [B, N, D_a]`` float (optional, needs ``DJEPAConfig.aligned_dim = D_a``): a
+    token-aligned condition, one vector per token of the batch (e.g. length-regulated phoneme
+    features for mel-frame tokens); the model adds a learned projection of it to every token's
+    embedding in φ and in γ (masked positions included). Its null is zeros (condition dropout
+    and CFG's unconditional half)."""
 
     values: Tensor
     padding: Tensor | None = None
+    aligned: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3:
@@ -53,6 +60,9 @@ class SequenceInput:
                                          or tuple(self.padding.shape) != tuple(self.values.shape[:2])):
             raise ValueError(f"sequence padding must be bool {list(self.values.shape[:2])}, "
                              f"got {self.padding.dtype} {list(self.padding.shape)}")
+        if self.aligned is not None and (self.aligned.ndim != 3 or self.aligned.shape[0] != self.values.shape[0]):
+            raise ValueError(f"aligned condition must be [{self.values.shape[0]}, N, D_a], "
+                             f"got {list(self.aligned.shape)}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class ConditionState:
     vector: Tensor | None = None
     sequence: Tensor | None = None
     sequence_padding: Tensor | None = None
+    aligned: Tensor | None = None  # [B, N, D_a] token-aligned condition (None = zeros)
 
     @staticmethod
     def of(cond: "ConditionState | Tensor | None") -> "ConditionState":
@@ -81,7 +92,12 @@ class ConditionState:
         L = max(a.shape[1], b.shape[1])
         a, pa = _pad_to(a, pa, L)
         b, pb = _pad_to(b, pb, L)
-        return ConditionState(vec, torch.cat([a, b.to(a.dtype)]), torch.cat([pa, pb]))
+        aligned = None
+        if self.aligned is not None or other.aligned is not None:  # a missing half is zeros (the null)
+            ref = self.aligned if self.aligned is not None else other.aligned
+            fill = lambda t, n: ref.new_zeros(n, *ref.shape[1:]) if t is None else t.to(ref.dtype)  # noqa: E731
+            aligned = torch.cat([fill(self.aligned, a.shape[0]), fill(other.aligned, b.shape[0])])
+        return ConditionState(vec, torch.cat([a, b.to(a.dtype)]), torch.cat([pa, pb]), aligned)
 
 
 def _padded(seq: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -215,7 +231,7 @@ class SequenceCondition(nn.Module):
             return self.null_state(batch_size)
         if not isinstance(cond, SequenceInput):
             raise ValueError(f"a sequence-conditioned model takes a SequenceInput, got {type(cond).__name__}")
-        seq, pad = cond.values, cond.padding
+        seq, pad, aligned = cond.values, cond.padding, cond.aligned
         if seq.shape[0] != batch_size or seq.shape[2] != self.dim:
             raise ValueError(f"condition sequence must be [{batch_size}, L, {self.dim}], got {list(seq.shape)}")
         seq = seq.to(self.null_embed.dtype)
@@ -228,7 +244,9 @@ class SequenceCondition(nn.Module):
                                          seq.shape[1])
             seq = torch.where(dropped[:, None, None], null_seq, seq)
             pad = torch.where(dropped[:, None], null_pad, pad)
-        return ConditionState(sequence=seq, sequence_padding=pad)
+            if aligned is not None:  # the same rows lose their aligned condition (null = zeros)
+                aligned = aligned.masked_fill(dropped.to(aligned.device)[:, None, None], 0.0)
+        return ConditionState(sequence=seq, sequence_padding=pad, aligned=aligned)
 
 
 def build_condition(kind: str, *, num_classes: int, encoder_dim: int, condition_dim: int,

@@ -126,6 +126,10 @@ class DJEPAConfig:
         rope_split: channels per axis of the RoPE head split (e.g. ``(16, 24, 24)``), applied to
             encoder and predictor heads; ``None`` = :func:`djepa.core.rope.default_rope_split`
             (the equal split where valid).
+        aligned_dim: D_a of an optional token-aligned condition (``SequenceInput.aligned``,
+            ``[B, N, D_a]``): a learned ``Linear(D_a, E)`` in φ and ``Linear(D_a, P)`` in γ add it
+            to every token's embedding. 0 = none (the default; no parameters are added). Needs
+            ``condition="sequence"``.
         activation_checkpointing: recompute each encoder / predictor block in backward instead
             of storing its activations (``torch.utils.checkpoint``, non-reentrant); same
             gradients, less memory (the paper used it for video and text-to-image). Off by default.
@@ -160,6 +164,7 @@ class DJEPAConfig:
     joint_depth: int | None = 0
     rope_split: tuple[int, ...] | None = None
     activation_checkpointing: bool = False
+    aligned_dim: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -196,6 +201,9 @@ class DJEPAConfig:
             raise ValueError(f"joint_depth={self.joint_depth} needs condition='sequence'")
         if self.condition_dim < 0:
             raise ValueError(f"condition_dim must be >= 0, got {self.condition_dim}")
+        if self.aligned_dim < 0 or (self.aligned_dim and self.condition != "sequence"):
+            raise ValueError(f"aligned_dim={self.aligned_dim} needs to be >= 0 and, when > 0, "
+                             "condition='sequence' (it travels in the SequenceInput)")
         if self.rope_split is not None:
             object.__setattr__(self, "rope_split", tuple(int(c) for c in self.rope_split))
         if self.pos_embed == "rope":

@@ -148,6 +148,31 @@ class _Rope:
         return self.seq_rope(rank[..., None])
 
 
+def _add_aligned(x: Tensor, embed: nn.Module | None, state: ConditionState,
+                 idx: Tensor | None) -> Tensor:
+    """``x [B, K, W]`` plus ``embed(aligned)`` at the token positions ``idx [B, K]`` (None = all
+    N): the token-aligned condition (``DJEPAConfig.aligned_dim``); None in the state = the null
+    (zeros: nothing added, which equals ``embed(0)`` only up to its bias, so the bias is added).
+
+    Raises:
+        ValueError: an aligned condition given to a model without ``aligned_dim``, or of the
+            wrong length.
+    """
+    a = state.aligned
+    if embed is None:
+        if a is not None:
+            raise ValueError("an aligned condition was given but this model has aligned_dim=0")
+        return x
+    if a is None:
+        return x + embed.bias.to(x.dtype)
+    if idx is None:
+        if a.shape[1] != x.shape[1]:
+            raise ValueError(f"aligned condition has {a.shape[1]} positions, the tokens {x.shape[1]}")
+    else:
+        a = gather_rows(a, idx)
+    return x + embed(a.to(embed.weight.dtype)).to(x.dtype)
+
+
 def _key_padding(num_buffer: int, padding: Tensor | None) -> Tensor | None:
     """``[B, Nb + K]`` (buffer never padding) or None."""
     if padding is None:
@@ -223,6 +248,7 @@ class ContextEncoder(_Stack):
             self.rope = _Rope(c.encoder_dim // c.encoder_heads, c.grid, c.rope_theta, c.rope_split)
         self._build_blocks(c, c.encoder_dim, c.encoder_heads, c.encoder_depth)
         self.norm = LayerNorm(c.encoder_dim, eps=1e-6)
+        self.aligned_embed = nn.Linear(c.aligned_dim, c.encoder_dim) if c.aligned_dim else None
 
     def forward(self, tokens: Tensor, cond: ConditionState | Tensor | None,
                 visible_idx: Tensor | None = None, *, positions: Tensor | None = None,
@@ -250,6 +276,7 @@ class ContextEncoder(_Stack):
                 positions = gather_rows(positions, visible_idx)
             kpm = visible_padding
         x = self.token_embed(tokens.to(self.token_embed.weight.dtype))
+        x = _add_aligned(x, self.aligned_embed, state, visible_idx)
         if self.pos_embed is not None:
             if full_grid:
                 pos = self.pos_embed.expand(x.shape[0], -1, -1)
@@ -294,6 +321,7 @@ class FeaturePredictor(_Stack):
             self.rope = _Rope(c.predictor_dim // c.predictor_heads, c.grid, c.rope_theta, c.rope_split)
         self._build_blocks(c, c.predictor_dim, c.predictor_heads, c.predictor_depth)
         self.norm = LayerNorm(c.predictor_dim, eps=1e-6)
+        self.aligned_embed = nn.Linear(c.aligned_dim, c.predictor_dim) if c.aligned_dim else None
 
     def forward(self, context: Tensor, visible_idx: Tensor | None,
                 query_idx: Tensor | None = None, *, cond: ConditionState | Tensor | None = None,
@@ -336,6 +364,8 @@ class FeaturePredictor(_Stack):
             idx = visible_idx if visible_padding is None else visible_idx.masked_fill(visible_padding, n)
             x.scatter_(1, (idx + nb).unsqueeze(-1).expand(-1, -1, h.shape[-1]), h[:, nb:])
             x = x[:, :nb + n]
+        if self.aligned_embed is not None:
+            x = torch.cat([x[:, :nb], _add_aligned(x[:, nb:], self.aligned_embed, state, None)], dim=1)
         if self.pos_embed is not None:
             pos = (self.pos_embed if full_grid else
                    self.pos_embed[0][_flat_positions(positions, self.grid)]).to(x.dtype)

@@ -25,6 +25,7 @@ the batch is doubled for CFG only when ``cfg_scale != 1``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,9 +180,10 @@ def generate(
     b = sizes.pop()
     if isinstance(condition, Tensor):
         condition = condition.to(device)
-    elif isinstance(condition, SequenceInput):
-        condition = SequenceInput(condition.values.to(device),
-                                  None if condition.padding is None else condition.padding.to(device))
+    elif isinstance(condition, SequenceInput):  # every field moved (aligned, a subclass' own)
+        condition = dataclasses.replace(condition, **{
+            f.name: getattr(condition, f.name).to(device) for f in dataclasses.fields(condition)
+            if isinstance(getattr(condition, f.name), Tensor)})
 
     positions = None
     if batch is None:
