@@ -136,7 +136,6 @@ def run(cfg: VideoEvalConfig) -> dict:
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     gen = torch.cat(videos)
     sample_seconds = time.perf_counter() - t0
-    names = list(info.get("class_names") or [])
     per_class = max(1, cfg.num_videos // k)
     strip_rows = [to_uint8_frames(gen[i][:, :kept[i]]) for i in range(0, cfg.num_videos, per_class)][:20]
     strip = write_frame_strip(out / "strip.png", strip_rows, scale=3)

@@ -50,11 +50,11 @@ def load_cogvideox(path: str | os.PathLike[str], device: torch.device | str = "c
     from diffusers import AutoencoderKLCogVideoX
 
     try:
-        vae = AutoencoderKLCogVideoX.from_pretrained(str(p), torch_dtype=torch.float32, use_safetensors=True,
+        vae = AutoencoderKLCogVideoX.from_pretrained(str(p), torch_dtype=torch.float32, use_safetensors=True, low_cpu_mem_usage=False,
                                                      local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{p}: not a loadable AutoencoderKLCogVideoX ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return vae.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+    return vae.to(device=device).eval().requires_grad_(False)
 
 
 @register_tokenizer
