@@ -1,1 +1,1 @@
-"""djepa.video: D-JEPA for class-conditional video. Not built yet; see the project's issues."""
+"""D-JEPA for class-conditional video (paper App. G.3): data, tokenizers, video-train / video-sample / video-eval."""

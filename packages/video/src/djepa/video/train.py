@@ -1,0 +1,259 @@
+"""``video-train``: class-conditional D-JEPA on video (paper App. G.3), flow matching loss (App. F).
+
+Defaults train on the embedded moving-digits clips (:class:`djepa.video.datasets.MovingDigits`:
+scikit-learn's real digits, class = digit × direction, 20 classes, 8 frames of 16×16, patch
+2×4×4 → a 4×4×4 grid of 64 tokens) on two CPU cores. UCF101 as distributed (``--dataset ucf101
+--data-dir UCF-101 --split-dir ucfTrainTestlist``), Kinetics-style class folders
+(``--dataset folder``), the CogVideoX VAE (``--vae DIR``) and the paper's presets are flags.
+
+Paper choices kept: flow matching loss (App. F: "the diffusion loss failed on video"), 3-D axial
+RoPE over the token grid, zero-padded clips that the model learns to end (``--padding zeros``:
+padded tokens are ordinary targets, so the model "decides when to terminate"; ``--padding
+mask`` instead drops them from attention and loss via the core's TokenBatch padding — then the
+sampler still generates the full grid), 8 fps, clip length 160 for UCF101.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.config import ModelSpec
+from djepa.core.cpu_speed import CpuSpeedFlags
+from djepa.core.pretrained import atomic_write_text
+from djepa.core.runs import TOKENIZER_FILE, resumed_model_config
+from djepa.core.train.checkpoint import one_writer
+from djepa.core.train.config import TrainConfig
+
+__all__ = ["VideoTrainConfig", "VIDEO_TRAIN_DEFAULTS", "build_dataset", "build_tokenizer", "run", "main"]
+
+# CPU default run (deviations from the core TrainConfig, as image-train: a short run on two
+# cores: fixed lr 1e-3 with warm-up, EMA 0.999 ramped, denser checkpoints / logs).
+VIDEO_TRAIN_DEFAULTS: dict = dict(
+    output_dir="runs/video", max_steps=2500, micro_batch_size=32, lr=1e-3, warmup_steps=200,
+    ema_decay=0.999, ema_warmup_steps=500, checkpoint_every=500, sample_every=1000, log_every=50)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(**VIDEO_TRAIN_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class VideoTrainConfig:
+    """Train a class-conditional D-JEPA video generator (paper App. G.3)."""
+
+    dataset: Literal["digits", "ucf101", "folder"] = "digits"
+    """digits (embedded moving digits), ucf101 (UCF-101/<Class>/*.avi + split files) or folder
+    (Kinetics-style <root>/<class>/*.mp4)."""
+    data_dir: str | None = None
+    """The folder of class folders (UCF-101, or a Kinetics-style root)."""
+    split_dir: str | None = None
+    """UCF101 ucfTrainTestlist folder (classInd.txt, trainlist0N.txt); None = every video,
+    classInd.txt from data_dir/.. or the case-insensitive folder order."""
+    fold: int = 1
+    """UCF101 split fold (trainlist0{fold}.txt)."""
+    frames: int | None = None
+    """Clip length in frames at --fps (default: 8 digits, 160 = 20 s for video folders)."""
+    fps: float = 8.0
+    """Frame rate clips are resampled to (paper: 8)."""
+    frame_size: tuple[int, int] | None = None
+    """H W to resize / centre-crop frames to (None = native; digits: 16 16)."""
+    frame_mode: Literal["crop", "resize"] = "crop"
+    """crop (scale the shorter side, centre-crop) or resize (stretch)."""
+    grey: bool = False
+    """Convert video-folder clips to one grey channel."""
+    patch: tuple[int, int, int] | None = None
+    """Patch t h w (default: 2 4 4 for digit pixels, 4 8 8 for other pixels, 4 2 2 latents as the paper)."""
+    padding: Literal["zeros", "mask"] = "zeros"
+    """zeros: padded frames are trained as data (paper); mask: padded tokens are left out of
+    attention and the loss (TokenBatch padding)."""
+    vae: str | None = None
+    """Local diffusers AutoencoderKLCogVideoX folder: train on its latents (cached in RUN/latents)."""
+    latent_scale: float | None = None
+    """Latent multiplier (None = the VAE config's scaling_factor)."""
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
+    """The model: core preset (small = CPU) with the flow matching loss and RoPE (App. F, G.3)."""
+    train: TrainConfig = field(default_factory=_default_train)
+    """The training engine (core TrainConfig; CPU defaults VIDEO_TRAIN_DEFAULTS)."""
+    sample_ar_steps: int = 16
+    """AR steps of the previews written during training."""
+    sample_cfg: float = 3.0
+    """CFG scale of the previews."""
+    speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
+    """CPU speed paths, one switch (djepa.core.cpu_speed)."""
+
+
+def build_dataset(cfg, split: str = "train"):
+    """The data set of ``cfg`` (a :class:`VideoTrainConfig` or anything with its data fields).
+
+    Raises:
+        UserError: a missing folder / file, or a flag combination that does not apply.
+    """
+    from djepa.video.datasets import MovingDigits, VideoFolder
+
+    if cfg.dataset == "digits":
+        if cfg.data_dir:
+            raise UserError("--data-dir is not used by --dataset digits (did you mean --dataset ucf101 or folder?)")
+        size = cfg.frame_size or (16, 16)
+        if size[0] != size[1]:
+            raise UserError(f"moving digits have square frames, got --frame-size {size[0]} {size[1]}")
+        return MovingDigits(split, frames=cfg.frames or 8, size=size[0], min_frames=max(1, (cfg.frames or 8) * 5 // 8))
+    if not cfg.data_dir:
+        raise UserError(f"--dataset {cfg.dataset} needs --data-dir")
+    root = Path(cfg.data_dir)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist")
+    class_ind, split_file = None, None
+    if cfg.dataset == "ucf101":
+        sd = Path(cfg.split_dir) if cfg.split_dir else None
+        if sd is not None and not sd.is_dir():
+            raise UserError(f"split folder {sd} does not exist")
+        for cand in ([sd] if sd else []) + [root.parent / "ucfTrainTestlist", root]:
+            if cand is not None and (cand / "classInd.txt").is_file():
+                class_ind = cand / "classInd.txt"
+                break
+        if sd is not None:
+            name = f"{'train' if split == 'train' else 'test'}list{cfg.fold:02d}.txt"
+            split_file = sd / name
+            if not split_file.is_file():
+                raise UserError(f"split file {split_file} not found")
+    try:
+        return VideoFolder(root, frames=cfg.frames or 160, fps=cfg.fps, size=cfg.frame_size,
+                           mode=cfg.frame_mode, class_ind=class_ind, split_file=split_file, grey=cfg.grey)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def build_tokenizer(cfg, dataset, device="cpu"):
+    """The pixel-cube or VAE tokenizer for ``cfg`` and ``dataset`` (grid checked up front).
+
+    Raises:
+        UserError: a clip / patch / VAE that does not fit (one line naming sizes that fit).
+    """
+    from djepa.video.tokenizer import VideoPixelTokenizer
+    from djepa.video.vae import VideoVAETokenizer
+
+    t, h, w, c = dataset.frames if hasattr(dataset, "frames") else None, dataset.height, dataset.width, dataset.channels
+    try:
+        if cfg.vae:
+            return VideoVAETokenizer(cfg.vae, t, h, w, cfg.patch or (4, 2, 2), cfg.latent_scale, device=device)
+        default = (2, 4, 4) if cfg.dataset == "digits" else (4, 8, 8)
+        return VideoPixelTokenizer(c, t, h, w, cfg.patch or default)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _quiet(message: str) -> None:
+    """Log nothing (ranks other than 0)."""
+
+
+def token_padding_for(tokenizer, valid, frames: int):
+    """``[B, N]`` padding mask (True = all of the token's frames are padding) for ``valid`` counts."""
+    from djepa.video.datasets import token_padding
+
+    first = None
+    if getattr(tokenizer, "kind", "") == "video-vae" and frames % 8 == 1:
+        first = 1 + tokenizer.temporal * (tokenizer.patch[0] - 1)  # causal first latent frame
+    return token_padding(valid, tokenizer.grid, tokenizer.frames_per_token, first)
+
+
+@one_writer("cfg.train")
+def run(cfg: VideoTrainConfig) -> int:
+    """Train with ``cfg`` (EMA weights exported to ``OUTPUT/pretrained``).
+
+    Returns:
+        0 when done, 130 when SIGINT/SIGTERM stopped it (a checkpoint was written).
+    """
+    from djepa.core.batch import TokenBatch
+    from djepa.core.config import SamplerConfig, config_to_dict
+    from djepa.core.model import DJEPA
+    from djepa.core.train import train
+    from djepa.video.preview import VideoPreview
+
+    dataset = build_dataset(cfg, "train")
+    if len(dataset) == 0:
+        raise UserError(f"dataset {cfg.dataset!r} is empty")
+    out = Path(cfg.train.output_dir)
+    tokenizer = build_tokenizer(cfg, dataset)
+    num_classes = int(dataset.num_classes)
+    try:
+        model_cfg = cfg.model.build(token_dim=tokenizer.token_dim, grid=tokenizer.grid, num_classes=num_classes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.train.resume is not False:
+        model_cfg = resumed_model_config(out, model_cfg, log=print if _is_rank0() else _quiet)
+    torch.manual_seed(cfg.train.seed)
+    model = DJEPA(model_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    class_names = list(dataset.class_names)
+    tok_info = dict(tokenizer.to_config(), class_names=class_names, fps=cfg.fps, modality="video",
+                    dataset=cfg.dataset)
+    if _is_rank0():
+        atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
+    frames = tokenizer.frames
+    use_mask = cfg.padding == "mask"
+
+    def batch_of(tokens, valid):
+        if not use_mask:
+            return tokens
+        tb = TokenBatch.from_grid(tokens, tokenizer.grid)
+        return TokenBatch(tb.tokens, tb.positions, token_padding_for(tokenizer, valid.cpu(), frames).to(tokens.device))
+
+    if cfg.vae:
+        from djepa.video.vae import cache_latents
+
+        train_data = cache_latents(dataset, tokenizer, out / "latents", progress=_is_rank0())
+
+        def prepare_batch(batch, device):
+            mean, std, labels, valid = batch
+            z = mean.to(device) + std.to(device) * torch.randn(mean.shape, device=device)  # posterior sample
+            return {"tokens": batch_of(tokenizer.tokens_from_latents(z), valid), "labels": labels.to(device)}
+    else:
+        train_data = dataset
+
+        def prepare_batch(batch, device):
+            video, labels, valid = batch
+            return {"tokens": batch_of(tokenizer.encode(video.to(device)), valid), "labels": labels.to(device)}
+
+    preview = VideoPreview(tokenizer, class_names, SamplerConfig(
+        num_ar_steps=cfg.sample_ar_steps, cfg_scale=cfg.sample_cfg, num_denoise_steps=50, flow_solver="heun"),
+        fps=cfg.fps)
+    data_info = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, split_dir=cfg.split_dir, fold=cfg.fold,
+                     frames=frames, fps=cfg.fps, frame_size=list(cfg.frame_size) if cfg.frame_size else None,
+                     frame_mode=cfg.frame_mode, grey=cfg.grey, padding=cfg.padding, vae=cfg.vae)
+    result = train(model, train_data, cfg.train, prepare_batch=prepare_batch,
+                   preview=preview if cfg.train.sample_every else None,
+                   config_to_save={"video": flat_dict(cfg), "model": config_to_dict(model_cfg),
+                                   "tokenizer": tok_info, "data": data_info},
+                   must_match=("model", "tokenizer", "data"))
+    if result.interrupted:
+        if _is_rank0():
+            print(f"video-train: interrupted at step {result.step}; checkpoint written; run the same "
+                  f"command to resume", file=sys.stderr)
+        return 130
+    export = out / "pretrained"
+    if _is_rank0() and export.is_dir():
+        atomic_write_text(export / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
+        print(f"video-train: done at step {result.step}; EMA weights in {export}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of ``video-train``."""
+    return run_main("video-train", lambda: run(with_cpu_speed(parse(VideoTrainConfig, argv, prog="video-train"))))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
