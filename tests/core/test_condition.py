@@ -51,6 +51,34 @@ def test_structure_joint_depth_and_default_unchanged():
         preset("tiny", condition="sequence", pos_embed="rope", joint_depth=3)
 
 
+def test_condition_input_dim_projects_the_values_and_keeps_the_null_in_the_projected_space():
+    m = seq_cond_model(condition_input_dim=5)
+    cond = m.condition
+    assert cond.input_proj.in_features == 5 and cond.input_proj.out_features == DC
+    assert tuple(cond.null_embed.shape) == (1, 1, DC)
+    assert m.encoder.blocks[0].context_dim == DC
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 4, 5, generator=g, dtype=torch.float64)
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    st = cond.state(SequenceInput(values, pad), 2)
+    want = values @ cond.input_proj.weight.T + cond.input_proj.bias  # the linear map, by hand
+    torch.testing.assert_close(st.sequence, want)
+    assert torch.equal(st.sequence_padding, pad)
+    # dropped rows get the (unprojected) learned null token, not a projection of it
+    with torch.no_grad():
+        cond.null_embed.copy_(torch.arange(DC, dtype=torch.float64).view(1, 1, DC))
+    cond.drop_prob = 1.0
+    st = cond.state(SequenceInput(values, pad), 2, drop=True, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(st.sequence[:, 0], cond.null_embed[0].expand(2, DC))
+    assert st.sequence_padding[:, 1:].all() and not st.sequence_padding[:, 0].any()
+    with pytest.raises(ValueError, match="5"):
+        cond.state(SequenceInput(torch.zeros(2, 4, DC, dtype=torch.float64), None), 2)
+    # default off: no projection parameters (existing checkpoints load unchanged)
+    assert "input_proj.weight" not in dict(seq_cond_model().condition.named_parameters())
+    with pytest.raises(ValueError, match="condition_input_dim"):
+        preset("tiny", condition_input_dim=5)
+
+
 def _seq(values, real_at, total, g):
     """Place the real condition rows ``values [L, DC]`` at ``real_at`` in a length-``total``
     sequence; the other slots get large random values and padding=True."""

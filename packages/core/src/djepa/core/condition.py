@@ -203,18 +203,22 @@ class SequenceCondition(nn.Module):
     Args:
         dim: D_c, channels of the sequence (the joint blocks' context width).
         drop_prob: probability that a training row's whole sequence is replaced by the null.
+        input_dim: D_in of the values handed in; when non-zero, ``input_proj = nn.Linear(D_in,
+            D_c)`` maps them to D_c first (SD3's ``context_embedder``). 0 = values are D_c wide.
 
     Parameters: ``null_embed [1, 1, D_c]`` — the null sequence is this one learned token (CFG's
-    unconditional input, and what dropped rows see).
+    unconditional input, and what dropped rows see), in the projected D_c space.
     """
 
     kind = "sequence"
 
-    def __init__(self, dim: int, drop_prob: float = 0.1) -> None:
+    def __init__(self, dim: int, drop_prob: float = 0.1, input_dim: int = 0) -> None:
         super().__init__()
         self.dim = dim
         self.drop_prob = drop_prob
+        self.input_dim = input_dim or dim
         self.null_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        self.input_proj = nn.Linear(input_dim, dim) if input_dim else None
 
     def null_state(self, batch_size: int) -> ConditionState:
         """The one-token null sequence per row: ``[B, 1, D_c]``, no padding."""
@@ -232,9 +236,11 @@ class SequenceCondition(nn.Module):
         if not isinstance(cond, SequenceInput):
             raise ValueError(f"a sequence-conditioned model takes a SequenceInput, got {type(cond).__name__}")
         seq, pad, aligned = cond.values, cond.padding, cond.aligned
-        if seq.shape[0] != batch_size or seq.shape[2] != self.dim:
-            raise ValueError(f"condition sequence must be [{batch_size}, L, {self.dim}], got {list(seq.shape)}")
+        if seq.shape[0] != batch_size or seq.shape[2] != self.input_dim:
+            raise ValueError(f"condition sequence must be [{batch_size}, L, {self.input_dim}], got {list(seq.shape)}")
         seq = seq.to(self.null_embed.dtype)
+        if self.input_proj is not None:
+            seq = self.input_proj(seq)  # [B, L, D_in] -> [B, L, D_c]
         pad = (torch.zeros(seq.shape[:2], dtype=torch.bool, device=seq.device) if pad is None
                else pad.to(seq.device))
         if drop and self.drop_prob > 0 and seq.shape[1] > 0:
@@ -250,7 +256,7 @@ class SequenceCondition(nn.Module):
 
 
 def build_condition(kind: str, *, num_classes: int, encoder_dim: int, condition_dim: int,
-                    drop_prob: float) -> nn.Module:
+                    drop_prob: float, condition_input_dim: int = 0) -> nn.Module:
     """The condition module of ``DJEPAConfig.condition`` (``"class"``, ``"none"``, ``"sequence"``).
 
     Raises:
@@ -261,5 +267,5 @@ def build_condition(kind: str, *, num_classes: int, encoder_dim: int, condition_
     if kind == "none":
         return NoCondition()
     if kind == "sequence":
-        return SequenceCondition(condition_dim, drop_prob)
+        return SequenceCondition(condition_dim, drop_prob, input_dim=condition_input_dim)
     raise ValueError(f"unknown condition kind {kind!r}; choose 'class', 'none' or 'sequence'")

@@ -120,6 +120,11 @@ class DJEPAConfig:
             paper's image models), ``"none"`` (unconditional) or ``"sequence"`` (a ``[B, L, D_c]``
             sequence attended through joint blocks; DESIGN.md §7; needs ``pos_embed="rope"``).
         condition_dim: D_c of a sequence condition (0 = ``encoder_dim``).
+        condition_input_dim: with ``condition="sequence"``, the width of the values the caller
+            hands in; a learned linear map takes them to ``condition_dim`` before the joint
+            blocks (SD3's ``context_embedder``), so a wide frozen text encoder does not force a
+            wide condition stream. 0 (default) = the values already have ``condition_dim``
+            channels, no projection (the behaviour before this option).
         joint_depth: with ``condition="sequence"``, the first ``joint_depth`` blocks of the
             context encoder and of the feature predictor are SD3-style joint blocks (two
             streams, one attention); must be 0 for the other kinds. ``None`` = all blocks.
@@ -161,6 +166,7 @@ class DJEPAConfig:
     init_std: float = 0.02
     condition: Literal["class", "none", "sequence"] = "class"
     condition_dim: int = 0
+    condition_input_dim: int = 0
     joint_depth: int | None = 0
     rope_split: tuple[int, ...] | None = None
     activation_checkpointing: bool = False
@@ -204,6 +210,10 @@ class DJEPAConfig:
         if self.aligned_dim < 0 or (self.aligned_dim and self.condition != "sequence"):
             raise ValueError(f"aligned_dim={self.aligned_dim} needs to be >= 0 and, when > 0, "
                              "condition='sequence' (it travels in the SequenceInput)")
+        if self.condition_input_dim < 0:
+            raise ValueError(f"condition_input_dim must be >= 0, got {self.condition_input_dim}")
+        if self.condition_input_dim and self.condition != "sequence":
+            raise ValueError(f"condition_input_dim={self.condition_input_dim} needs condition='sequence'")
         if self.rope_split is not None:
             object.__setattr__(self, "rope_split", tuple(int(c) for c in self.rope_split))
         if self.pos_embed == "rope":

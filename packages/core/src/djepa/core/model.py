@@ -413,7 +413,8 @@ class DJEPA(PretrainedMixin, nn.Module):
         self.config = config
         c = config
         self.condition = build_condition(c.condition, num_classes=c.num_classes, encoder_dim=c.encoder_dim,
-                                         condition_dim=c.context_dim, drop_prob=c.label_drop_prob)
+                                         condition_dim=c.context_dim, drop_prob=c.label_drop_prob,
+                                         condition_input_dim=c.condition_input_dim)
         self.encoder = ContextEncoder(c)
         self.predictor = FeaturePredictor(c)
         self.masking: MaskingStrategy = masking or TruncNormalMasking(
