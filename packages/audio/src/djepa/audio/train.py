@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.cli import flat_dict, is_rank_zero, parse, run_main, UserError, with_cpu_speed
 from djepa.core.config import ModelSpec
 from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.train.checkpoint import one_writer
@@ -98,12 +98,6 @@ def build_tts_config(cfg: TTSTrainConfig, symbols, stats):
                      mel_mean=tuple(mean), mel_std=tuple(std), f0_mean=f0m, f0_std=f0s)
 
 
-def _is_rank0() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _read_ids(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -118,7 +112,7 @@ def load_training_data(cfg: TTSTrainConfig):
 
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     if cfg.data_dir is None:
-        root = build_default_corpus(cache, log=print if _is_rank0() else (lambda *_: None))
+        root = build_default_corpus(cache, log=print if is_rank_zero() else (lambda *_: None))
         holdout = cfg.holdout or str(root / "heldout.txt")
         split = "all"
     else:
@@ -129,7 +123,7 @@ def load_training_data(cfg: TTSTrainConfig):
         split = "all" if holdout is not None else "train"
     exclude = set(_read_ids(holdout)) if holdout else set()
     ds = TTSDataset(root, split=split, val_fraction=cfg.val_fraction, cache_dir=cache / "features",
-                    max_frames=cfg.max_frames, exclude=exclude, progress=_is_rank0())
+                    max_frames=cfg.max_frames, exclude=exclude, progress=is_rank_zero())
     info = dict(data_dir=str(root), holdout=holdout, split=split, val_fraction=cfg.val_fraction,
                 max_frames=cfg.max_frames, num_utterances=len(ds))
     return ds, info
@@ -152,7 +146,7 @@ def run(cfg: TTSTrainConfig) -> int:
     ds, data_info = load_training_data(cfg)
     out = Path(cfg.train.output_dir)
     tts_cfg = build_tts_config(cfg, ds.vocab.symbols, mel_statistics(ds.items))
-    if _is_rank0():
+    if is_rank_zero():
         print(f"tts-train: {len(ds)} utterances from {data_info['data_dir']}, "
               f"{len(ds.vocab.symbols)} phoneme symbols, {cfg.frames_per_token} frames per token")
     torch.manual_seed(cfg.train.seed)
@@ -165,11 +159,11 @@ def run(cfg: TTSTrainConfig) -> int:
                                    "tts": config_to_dict(tts_cfg), "data": data_info},
                    must_match=("model", "tts"))
     if result.interrupted:
-        if _is_rank0():
+        if is_rank_zero():
             print(f"tts-train: interrupted at step {result.step}; checkpoint written; run the same "
                   f"command to resume", file=sys.stderr)
         return 130
-    if _is_rank0():
+    if is_rank_zero():
         print(f"tts-train: done at step {result.step}; EMA weights in {out / 'pretrained'}")
     return 0
 

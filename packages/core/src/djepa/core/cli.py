@@ -30,6 +30,15 @@ class UserError(Exception):
     """A problem with the user's input that the CLI reports as one line (no traceback)."""
 
 
+def is_rank_zero() -> bool:
+    """True in the process a launcher (torchrun, ``deepspeed``) started as global rank 0, or when
+    no launcher set ``RANK`` (a plain ``python``/``uv run``): the one that prints and writes a
+    run's summary files. Launcher plumbing, read here once for every CLI."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping of flag values (keys with ``-`` or ``_`` both work).
 

@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.cli import flat_dict, is_rank_zero, parse, run_main, UserError, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.train.checkpoint import one_writer
 from djepa.core.train.config import TrainConfig
@@ -205,12 +205,6 @@ class ImageFinetuneConfig:
     """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
-def _is_rank0() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @one_writer("cfg.train")
 def run(cfg: ImageFinetuneConfig) -> dict:
     """Fine-tune (or resume), then score on test; returns the result dict.
@@ -263,17 +257,17 @@ def run(cfg: ImageFinetuneConfig) -> dict:
                                    from_scratch=cfg.from_scratch, checkpoint=str(cfg.checkpoint),
                                    train_seconds=round(train_seconds, 2), last_losses=result.last_losses)
     if result.interrupted:
-        if _is_rank0():
+        if is_rank_zero():
             print(f"image-finetune: interrupted at step {result.step}; checkpoint written; run the "
                   f"same command to resume", file=sys.stderr)
         summary["interrupted"] = True
         return summary
     if not result.finished:
-        if _is_rank0():
+        if is_rank_zero():
             print(f"image-finetune: stopped at step {result.step} of {cfg.train.max_steps} "
                   f"(--stop-at-step); run the same command to continue", file=sys.stderr)
         return summary
-    if not _is_rank0():
+    if not is_rank_zero():
         return summary
     device = next(result.ema.module.parameters()).device
     test_ds = build_split(name, data_dir, tokenizer, "test", cfg.max_test)

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.cli import flat_dict, is_rank_zero, parse, run_main, UserError, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.config import ModelSpec
 from djepa.core.pretrained import atomic_write_text
@@ -100,12 +100,6 @@ def _quiet(message: str) -> None:
     """A log function that says nothing (ranks other than 0)."""
 
 
-def _is_rank0() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @one_writer("cfg.train")  # the tokenizer file and the export are written outside train()
 def run(cfg: ImageTrainConfig) -> int:
     """Train with ``cfg`` (EMA weights exported to ``OUTPUT/pretrained``).
@@ -143,14 +137,14 @@ def run(cfg: ImageTrainConfig) -> int:
     train_cfg = cfg.train
     out = Path(train_cfg.output_dir)
     if train_cfg.resume is not False:  # an old run resumes with the choices it was trained with
-        model_cfg = resumed_model_config(out, model_cfg, log=print if _is_rank0() else _quiet)
+        model_cfg = resumed_model_config(out, model_cfg, log=print if is_rank_zero() else _quiet)
     torch.manual_seed(cfg.train.seed)
     model = DJEPA(model_cfg)
 
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(getattr(dataset, "class_names", [str(i) for i in range(num_classes)]))
     tok_info = dict(tokenizer.to_config(), class_names=class_names)  # djepa.core.tokenizer record
-    if _is_rank0():
+    if is_rank_zero():
         atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
 
     def prepare_batch(batch, device):
@@ -171,11 +165,11 @@ def run(cfg: ImageTrainConfig) -> int:
                    must_match=("model", "tokenizer", "data"))
     export = out / "pretrained"
     if result.interrupted:
-        if _is_rank0():
+        if is_rank_zero():
             print(f"image-train: interrupted at step {result.step}; checkpoint written; run the same "
                   f"command to resume", file=sys.stderr)
         return 130
-    if _is_rank0() and export.is_dir():
+    if is_rank_zero() and export.is_dir():
         atomic_write_text(export / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
         print(f"image-train: done at step {result.step}; EMA weights in {export}")
     return 0

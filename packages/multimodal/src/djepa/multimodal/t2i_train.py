@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.cli import flat_dict, is_rank_zero, parse, run_main, UserError, with_cpu_speed
 from djepa.core.config import ModelSpec
 from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.pretrained import atomic_write_text
@@ -93,12 +93,6 @@ class T2ITrainConfig:
     """Latent shift; None = the VAE's."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
     """CPU speed paths, one switch (djepa.core.cpu_speed)."""
-
-
-def _is_rank0() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _quiet(message: str) -> None:
@@ -175,7 +169,7 @@ def run(cfg: T2ITrainConfig) -> int:
         raise UserError(f"image size {image_size} is not divisible by patch size {cfg.patch_size}")
     tokenizer = build_tokenizer(cfg, image_size)
     encoder = TextEncoder(cfg.text_encoder, cfg.max_text_tokens)
-    log = print if _is_rank0() else _quiet
+    log = print if is_rank_zero() else _quiet
     cache = TextStateCache(encoder)  # each caption encoded once, on first use
     log(f"t2i-train: text encoder {encoder.path} ({encoder.dim}-d, limit {encoder.max_tokens} tokens)")
     pre_encoded = False
@@ -196,7 +190,7 @@ def run(cfg: T2ITrainConfig) -> int:
     tok_info = dict(tokenizer.to_config(), modality=MODALITY, text_encoder=encoder.describe(),
                     dataset=cfg.dataset, shapes_split_version=shapes.SPLIT_VERSION)
     out.mkdir(parents=True, exist_ok=True)
-    if _is_rank0():
+    if is_rank_zero():
         atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
 
     coco = cfg.dataset == "coco"
@@ -237,11 +231,11 @@ def run(cfg: T2ITrainConfig) -> int:
                    must_match=("model", "tokenizer", "data"))
     export = out / "pretrained"
     if result.interrupted:
-        if _is_rank0():
+        if is_rank_zero():
             print(f"t2i-train: interrupted at step {result.step}; checkpoint written; run the same "
                   f"command to resume", file=sys.stderr)
         return 130
-    if _is_rank0() and export.is_dir():
+    if is_rank_zero() and export.is_dir():
         atomic_write_text(export / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
         print(f"t2i-train: done at step {result.step}; EMA weights in {export}")
     return 0

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from djepa.core.cli import UserError, flat_dict, parse, run_main, with_cpu_speed
+from djepa.core.cli import flat_dict, is_rank_zero, parse, run_main, UserError, with_cpu_speed
 from djepa.core.config import ModelSpec
 from djepa.core.cpu_speed import CpuSpeedFlags
 from djepa.core.pretrained import atomic_write_text
@@ -149,12 +149,6 @@ def build_tokenizer(cfg, dataset, device="cpu"):
         raise UserError(str(e)) from None
 
 
-def _is_rank0() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _quiet(message: str) -> None:
     """Log nothing (ranks other than 0)."""
 
@@ -193,14 +187,14 @@ def run(cfg: VideoTrainConfig) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.train.resume is not False:
-        model_cfg = resumed_model_config(out, model_cfg, log=print if _is_rank0() else _quiet)
+        model_cfg = resumed_model_config(out, model_cfg, log=print if is_rank_zero() else _quiet)
     torch.manual_seed(cfg.train.seed)
     model = DJEPA(model_cfg)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(dataset.class_names)
     tok_info = dict(tokenizer.to_config(), class_names=class_names, fps=cfg.fps, modality="video",
                     dataset=cfg.dataset)
-    if _is_rank0():
+    if is_rank_zero():
         atomic_write_text(out / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
     frames = tokenizer.frames
     use_mask = cfg.padding == "mask"
@@ -214,7 +208,7 @@ def run(cfg: VideoTrainConfig) -> int:
     if cfg.vae:
         from djepa.video.vae import cache_latents
 
-        train_data = cache_latents(dataset, tokenizer, out / "latents", progress=_is_rank0())
+        train_data = cache_latents(dataset, tokenizer, out / "latents", progress=is_rank_zero())
 
         def prepare_batch(batch, device):
             mean, std, labels, valid = batch
@@ -239,12 +233,12 @@ def run(cfg: VideoTrainConfig) -> int:
                                    "tokenizer": tok_info, "data": data_info},
                    must_match=("model", "tokenizer", "data"))
     if result.interrupted:
-        if _is_rank0():
+        if is_rank_zero():
             print(f"video-train: interrupted at step {result.step}; checkpoint written; run the same "
                   f"command to resume", file=sys.stderr)
         return 130
     export = out / "pretrained"
-    if _is_rank0() and export.is_dir():
+    if is_rank_zero() and export.is_dir():
         atomic_write_text(export / TOKENIZER_FILE, json.dumps(tok_info, indent=2) + "\n")
         print(f"video-train: done at step {result.step}; EMA weights in {export}")
     return 0

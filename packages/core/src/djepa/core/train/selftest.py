@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
+
+from djepa.core.cli import is_rank_zero
 
 __all__ = ["ToyDJEPA", "ToyOutput", "toy_dataset", "main"]
 
@@ -137,10 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     losses: list[dict[str, float]] = []
     res = train(model, data, cfg, step_callback=lambda s, l, m, e: losses.append(l),
                 config_to_save={"selftest_model": a.model})
-    if a.losses_json and int(os.environ.get("RANK", "0")) == 0:
+    if a.losses_json and is_rank_zero():
         with open(a.losses_json, "w") as f:
             json.dump(losses, f)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_rank_zero():
         print(f"done: step {res.step} finished={res.finished} losses={res.last_losses}", flush=True)
 
 
