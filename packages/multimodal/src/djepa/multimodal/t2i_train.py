@@ -77,6 +77,14 @@ class T2ITrainConfig:
     joint_depth: int | None = None
     """Leading blocks of the context encoder and the feature predictor that are joint
     (text + image) blocks; None = all."""
+    text_dim: int = 0
+    """Width of the text stream in the joint blocks: the frozen encoder's states are projected
+    to it by a learned linear map first (SD3's context embedder; core
+    ``DJEPAConfig.condition_input_dim``). 0 = no projection, the stream is the encoder's width."""
+    mlp_width: int | None = None
+    """Width of the denoising MLP (None = the preset's)."""
+    mlp_depth: int | None = None
+    """Residual blocks of the denoising MLP (None = the preset's)."""
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
     """The model: a core preset (default small) with flow matching and 2-D RoPE (App. G.2)."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -178,9 +186,20 @@ def run(cfg: T2ITrainConfig) -> int:
         dataset = _encode_all(dataset, tokenizer)  # deterministic encoder, no flips: encode once
         pre_encoded = True
 
+    if cfg.text_dim < 0:
+        raise UserError(f"--text-dim must be >= 0, got {cfg.text_dim}")
+    projected = bool(cfg.text_dim) and cfg.text_dim != encoder.dim
     model_cfg = cfg.model.build(token_dim=tokenizer.token_dim, grid=tuple(tokenizer.grid), num_classes=1,
-                                condition="sequence", condition_dim=encoder.dim, joint_depth=cfg.joint_depth,
-                                label_drop_prob=cfg.text_drop_prob)
+                                condition="sequence", condition_dim=cfg.text_dim if projected else encoder.dim,
+                                condition_input_dim=encoder.dim if projected else 0,
+                                joint_depth=cfg.joint_depth, label_drop_prob=cfg.text_drop_prob)
+    mlp = {k: v for k, v in (("mlp_width", cfg.mlp_width), ("mlp_depth", cfg.mlp_depth)) if v is not None}
+    if any(v < 1 for v in mlp.values()):
+        raise UserError(f"--mlp-width / --mlp-depth must be >= 1, got {mlp}")
+    if mlp:
+        import dataclasses
+
+        model_cfg = dataclasses.replace(model_cfg, loss=dataclasses.replace(model_cfg.loss, **mlp))
     out = Path(cfg.train.output_dir)
     if cfg.train.resume is not False:
         model_cfg = resumed_model_config(out, model_cfg, log=log)
