@@ -85,6 +85,12 @@ class T2ITrainConfig:
     """Width of the denoising MLP (None = the preset's)."""
     mlp_depth: int | None = None
     """Residual blocks of the denoising MLP (None = the preset's)."""
+    mask_ratio_min: float | None = None
+    """Lower bound of the training mask ratio (None = the paper's 0.7, §3.1)."""
+    mask_ratio_std: float | None = None
+    """Std of the truncated-normal training mask ratio (None = the paper's 0.25; mean stays 1.0)."""
+    rope_theta: float | None = None
+    """Base of the 2-D RoPE frequency ladder (None = the core's 10000)."""
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
     """The model: a core preset (default small) with flow matching and 2-D RoPE (App. G.2)."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -196,6 +202,15 @@ def run(cfg: T2ITrainConfig) -> int:
     mlp = {k: v for k, v in (("mlp_width", cfg.mlp_width), ("mlp_depth", cfg.mlp_depth)) if v is not None}
     if any(v < 1 for v in mlp.values()):
         raise UserError(f"--mlp-width / --mlp-depth must be >= 1, got {mlp}")
+    masking = {k: v for k, v in (("mask_ratio_min", cfg.mask_ratio_min), ("mask_ratio_std", cfg.mask_ratio_std),
+                                 ("rope_theta", cfg.rope_theta)) if v is not None}
+    if masking:
+        import dataclasses
+
+        try:
+            model_cfg = dataclasses.replace(model_cfg, **masking)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if mlp:
         import dataclasses
 
