@@ -36,7 +36,10 @@ def test_train_writes_run_folder_with_text_encoder_record(trained):
 
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["model"]["condition"] == "sequence" and cfg["model"]["pos_embed"] == "rope"
-    assert cfg["model"]["loss"]["kind"] == "flow" and cfg["model"]["condition_dim"] == 384
+    assert cfg["model"]["loss"]["kind"] == "flow"
+    assert (cfg["model"]["condition_dim"], cfg["model"]["condition_input_dim"]) == (128, 384)  # --text-dim 128
+    assert (cfg["model"]["mask_ratio_min"], cfg["model"]["mask_ratio_std"], cfg["model"]["rope_theta"]) == (0.1, 0.5, 100.0)
+    assert cfg["train"]["ema_decay"] == 0.99
     assert cfg["model"]["grid"] == [6, 6] and cfg["model"]["token_dim"] == 48
     tok = json.loads((trained / "pretrained" / "tokenizer.json").read_text())
     assert tok["modality"] == "text-to-image" and tok["text_encoder"]["dim"] == 384
