@@ -32,6 +32,30 @@ def seq_cond_model(seed=0, joint_depth=None, **kw) -> DJEPA:
     return model
 
 
+@pytest.mark.parametrize("input_dim", [0, 5])
+def test_null_flagged_rows_get_the_learned_null_and_the_others_are_untouched(input_dim):
+    m = seq_cond_model(condition_input_dim=input_dim)
+    cond = m.condition
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 4, input_dim or DC, generator=g, dtype=torch.float64)
+    pad = torch.tensor([[False] * 4, [False, False, True, True], [False] * 4])
+    plain = cond.state(SequenceInput(values, pad), 3)
+    flagged = cond.state(SequenceInput(values, pad, null=torch.tensor([False, True, False])), 3)
+    for i in (0, 2):  # unflagged rows: exactly the plain state
+        torch.testing.assert_close(flagged.sequence[i], plain.sequence[i])
+        assert torch.equal(flagged.sequence_padding[i], plain.sequence_padding[i])
+    torch.testing.assert_close(flagged.sequence[1, 0], cond.null_embed[0, 0])  # the null token, unprojected
+    assert flagged.sequence_padding[1].tolist() == [False, True, True, True]
+    # the model's features of a flagged row equal those of the null state (padding invariance)
+    tokens = torch.randn(1, 10, 3, generator=g, dtype=torch.float64)
+    idx = torch.arange(10)[None, :6]
+    one = SequenceInput(values[1:2], pad[1:2], null=torch.tensor([True]))
+    torch.testing.assert_close(m.features(tokens, m.condition_state(one, 1), idx),
+                               m.features(tokens, m.null_state(1), idx))
+    with pytest.raises(ValueError, match="null flags"):
+        SequenceInput(values, pad, null=torch.tensor([0, 1, 0]))
+
+
 def test_structure_joint_depth_and_default_unchanged():
     m = seq_cond_model(joint_depth=1)
     assert [type(b) for b in m.encoder.blocks] == [JointBlock, Block]

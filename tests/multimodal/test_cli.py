@@ -36,7 +36,10 @@ def test_train_writes_run_folder_with_text_encoder_record(trained):
 
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["model"]["condition"] == "sequence" and cfg["model"]["pos_embed"] == "rope"
-    assert cfg["model"]["loss"]["kind"] == "flow" and cfg["model"]["condition_dim"] == 384
+    assert cfg["model"]["loss"]["kind"] == "flow"
+    assert (cfg["model"]["condition_dim"], cfg["model"]["condition_input_dim"]) == (128, 384)  # --text-dim 128
+    assert (cfg["model"]["mask_ratio_min"], cfg["model"]["mask_ratio_std"], cfg["model"]["rope_theta"]) == (0.1, 0.5, 100.0)
+    assert cfg["train"]["ema_decay"] == 0.99
     assert cfg["model"]["grid"] == [6, 6] and cfg["model"]["token_dim"] == 48
     tok = json.loads((trained / "pretrained" / "tokenizer.json").read_text())
     assert tok["modality"] == "text-to-image" and tok["text_encoder"]["dim"] == 384
@@ -164,3 +167,23 @@ def test_prompt_file_with_a_blank_line(trained, tmp_path, capsys):
     recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in recs] == ["two green triangles", "", "a blue square below a red circle"]
     assert (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("text_dim", [0, 32])
+def test_text_stream_width_trains_previews_and_samples(text_dim, tmp_path, capsys):
+    """--text-dim 0: the text states enter the joint blocks at the encoder's 384 channels;
+    --text-dim 32: projected first (core condition_input_dim). Both preview and sample, with an
+    empty prompt (the null text) in the same batch as real ones."""
+    run = tmp_path / "r"
+    assert t2i_train.main(TINY + ["--max-steps", "1", "--checkpoint-every", "1", "--sample-every", "1",
+                                  "--sample-ar-steps", "2", "--text-dim", str(text_dim),
+                                  "--output-dir", str(run)]) == 0
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert (model["condition_dim"], model["condition_input_dim"]) == ((384, 0) if not text_dim else (32, 384))
+    assert (run / "samples" / "step_00000001.png").is_file()
+    f = tmp_path / "p.txt"
+    f.write_text("two green triangles\n\n")
+    out = tmp_path / "s"
+    assert t2i_sample.main(["--file", str(f), "--checkpoint", str(run), "--ar-steps", "2", "--denoise-steps", "2",
+                            "--cfg", "2", "--output-dir", str(out)]) == 0
+    assert len(list((out / "images").glob("*.png"))) == 2

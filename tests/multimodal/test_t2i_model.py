@@ -3,6 +3,7 @@ with prompts of different length, and CFG with an empty prompt (= the unconditio
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from djepa.core.condition import SequenceInput
@@ -14,10 +15,12 @@ from djepa.core.sampler import generate
 D_TEXT = 24
 
 
-def _model(seed=0):
+def _model(seed=0, stream_dim=D_TEXT):
+    """``stream_dim != D_TEXT``: the text states are projected to it first (condition_input_dim)."""
     torch.manual_seed(seed)
     m = DJEPA(preset("tiny", token_dim=12, grid=(4, 4), num_classes=1, condition="sequence",
-                     condition_dim=D_TEXT, pos_embed="rope", joint_depth=None, loss=dict(kind="flow")))
+                     condition_dim=stream_dim, condition_input_dim=0 if stream_dim == D_TEXT else D_TEXT,
+                     pos_embed="rope", joint_depth=None, loss=dict(kind="flow")))
     with torch.no_grad():  # a non-trivial null token and denoising MLP (its zero-init output layer
         m.condition.null_embed.normal_()  # would make every velocity 0, samples = noise)
         for p in m.token_loss.parameters():
@@ -72,24 +75,26 @@ def test_padding_the_text_states_does_not_change_the_output():
     torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
 
 
-def test_batched_equals_single_sampling():
+@pytest.mark.parametrize("stream_dim", [D_TEXT, 16])
+def test_batched_equals_single_sampling(stream_dim):
     from djepa.multimodal.text_encoder import condition_for
 
-    m = _model()
+    m = _model(stream_dim=stream_dim)
     text = _FakeText()
-    prompts = ["a red circle", "a blue square below a red circle", "two green triangles"]
+    prompts = ["a red circle", "a blue square below a red circle", "", "two green triangles"]  # "" = null row
     cfg = SamplerConfig(num_ar_steps=4, cfg_scale=3.0, num_denoise_steps=5)
-    batched = generate(m, condition_for(m, prompts, text), cfg, generators=row_generators([10, 11, 12]))
+    batched = generate(m, condition_for(m, prompts, text), cfg, generators=row_generators([10, 11, 12, 13]))
     for i, p in enumerate(prompts):
         alone = generate(m, condition_for(m, [p], text), cfg, generators=row_generators([10 + i]))
         torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-4, rtol=1e-4)  # float noise; a bug is O(1)
     assert (batched[0] - batched[1]).abs().max() > 1e-3
 
 
-def test_cfg_with_an_empty_prompt_is_the_unconditional_sample():
+@pytest.mark.parametrize("stream_dim", [D_TEXT, 16])
+def test_cfg_with_an_empty_prompt_is_the_unconditional_sample(stream_dim):
     from djepa.multimodal.text_encoder import condition_for
 
-    m = _model()
+    m = _model(stream_dim=stream_dim)
     text = _FakeText()
     cfg = SamplerConfig(num_ar_steps=4, cfg_scale=4.0, num_denoise_steps=5)
     empty = generate(m, condition_for(m, [""], text), cfg, generators=row_generators([7]))

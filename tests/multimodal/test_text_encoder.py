@@ -43,17 +43,26 @@ def test_long_prompt_is_truncated_with_a_warning_naming_the_limit():
     assert any("limit of 8 tokens" in str(x.message) for x in w)
 
 
-def test_empty_prompt_is_the_null_condition(text_encoder):
+@pytest.mark.parametrize("condition_dim,input_dim", [(384, 0), (32, 384)])
+def test_empty_prompt_is_the_null_condition(text_encoder, condition_dim, input_dim):
     from djepa.core.config import preset
     from djepa.core.model import DJEPA
 
     with pytest.raises(ValueError, match="unconditional"):
         text_encoder.encode([""])
+    # with input_dim the text states (384-d) are projected to a 32-d stream and the null lives there
     model = DJEPA(preset("tiny", token_dim=4, grid=(2, 2), num_classes=1, condition="sequence",
-                         condition_dim=384, pos_embed="rope", joint_depth=None))
+                         condition_dim=condition_dim, condition_input_dim=input_dim, pos_embed="rope",
+                         joint_depth=None))
     cond = condition_for(model, ["", "a red circle"], text_encoder)
-    torch.testing.assert_close(cond.values[0, 0], model.condition.null_embed[0, 0].detach())
-    assert cond.padding[0].tolist() == [False] + [True] * (cond.values.shape[1] - 1)
+    assert cond.values.shape[2] == 384 and cond.null.tolist() == [True, False]
+    state = model.condition_state(cond, 2)
+    assert state.sequence.shape[2] == condition_dim
+    torch.testing.assert_close(state.sequence[0, 0], model.condition.null_embed[0, 0].detach())
+    assert state.sequence_padding[0].tolist() == [False] + [True] * (cond.values.shape[1] - 1)
+    real = text_encoder.encode(["a red circle"])
+    want = real.values[0] if not input_dim else model.condition.input_proj(real.values[0]).detach()
+    torch.testing.assert_close(state.sequence[1, :real.values.shape[1]].detach(), want)
 
 
 def test_cache_gathers_the_encoded_rows(text_encoder):

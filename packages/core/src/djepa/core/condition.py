@@ -47,11 +47,19 @@ class SequenceInput:
     token-aligned condition, one vector per token of the batch (e.g. length-regulated phoneme
     features for mel-frame tokens); the model adds a learned projection of it to every token's
     embedding in φ and in γ (masked positions included). Its null is zeros (condition dropout
-    and CFG's unconditional half)."""
+    and CFG's unconditional half).
+
+    ``null [B] bool`` (optional, True = this row is the null condition): the condition module
+    replaces the row by its learned null sequence, as condition dropout does; the row's
+    ``values`` / ``padding`` are ignored. This is how a caller mixes unconditional rows (an
+    empty prompt) with real ones when the values are projected first
+    (``DJEPAConfig.condition_input_dim``: the null lives in the projected space, so it cannot
+    be handed in as values)."""
 
     values: Tensor
     padding: Tensor | None = None
     aligned: Tensor | None = None
+    null: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3:
@@ -63,6 +71,14 @@ class SequenceInput:
         if self.aligned is not None and (self.aligned.ndim != 3 or self.aligned.shape[0] != self.values.shape[0]):
             raise ValueError(f"aligned condition must be [{self.values.shape[0]}, N, D_a], "
                              f"got {list(self.aligned.shape)}")
+        if self.null is not None and (self.null.dtype != torch.bool
+                                      or tuple(self.null.shape) != (self.values.shape[0],)):
+            raise ValueError(f"sequence null flags must be bool [{self.values.shape[0]}], "
+                             f"got {self.null.dtype} {list(self.null.shape)}")
+        if self.null is not None and (self.null.dtype != torch.bool
+                                      or tuple(self.null.shape) != (self.values.shape[0],)):
+            raise ValueError(f"sequence null flags must be bool [{self.values.shape[0]}], "
+                             f"got {self.null.dtype} {list(self.null.shape)}")
 
 
 @dataclass(frozen=True)
@@ -243,8 +259,13 @@ class SequenceCondition(nn.Module):
             seq = self.input_proj(seq)  # [B, L, D_in] -> [B, L, D_c]
         pad = (torch.zeros(seq.shape[:2], dtype=torch.bool, device=seq.device) if pad is None
                else pad.to(seq.device))
+        dropped = None
         if drop and self.drop_prob > 0 and seq.shape[1] > 0:
             dropped = _drop_rows(batch_size, self.drop_prob, seq.device, generator)
+        if cond.null is not None:  # rows flagged null by the caller (an empty prompt)
+            flagged = cond.null.to(seq.device)
+            dropped = flagged if dropped is None else dropped | flagged
+        if dropped is not None and seq.shape[1] > 0:
             null_seq, null_pad = _pad_to(self.null_embed.expand(batch_size, -1, -1).to(seq.dtype),
                                          torch.zeros(batch_size, 1, dtype=torch.bool, device=seq.device),
                                          seq.shape[1])

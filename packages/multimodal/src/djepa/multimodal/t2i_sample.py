@@ -89,9 +89,11 @@ def load_t2i(path: str | Path, device: torch.device | str = "cpu", text_encoder:
     run = load_run(path, device)
     rec = info.get("text_encoder") or {}
     enc = TextEncoder(text_encoder or rec.get("path"), int(rec.get("max_tokens", 64)), device)
-    if enc.dim != run.model.config.context_dim:
+    mc = run.model.config
+    want = mc.condition_input_dim or mc.context_dim  # the text states' width the model takes in
+    if enc.dim != want:
         raise UserError(f"text encoder {enc.path} gives {enc.dim}-d states but the model was trained on "
-                        f"{run.model.config.context_dim}-d ones")
+                        f"{want}-d ones")
     return run.model, run.tokenizer, enc, info
 
 

@@ -40,11 +40,14 @@ __all__ = ["T2ITrainConfig", "T2I_TRAIN_DEFAULTS", "MODALITY", "run", "main"]
 MODALITY = "text-to-image"
 
 # Engine settings of the CPU default run where they deviate from the core's (paper) defaults:
-# minutes on two cores, so a fixed lr 1e-3 with warm-up, EMA 0.999 ramped, fp32 (bf16 autocast
-# is slower than fp32 on this CPU path), denser checkpoints and logs.
+# minutes on two cores, so a fixed lr 1e-3 with warm-up, fp32 (bf16 autocast is slower than
+# fp32 on this CPU path), denser checkpoints and logs, and EMA 0.99 ramped over 100 steps: with
+# 0.999 (horizon 1000 steps) the EMA of a 1500-step run is still 30 % the step-300 model, and
+# the step-600 EMA predicted a masked token from its full context with 2x the error of the raw
+# weights (docs/results/t2i.md); 0.99 tracks the raw weights at this run length.
 T2I_TRAIN_DEFAULTS: dict = dict(
-    output_dir="runs/t2i", max_steps=1500, micro_batch_size=32, lr=1e-3, warmup_steps=100,
-    ema_decay=0.999, ema_warmup_steps=300, checkpoint_every=500, sample_every=500, log_every=50,
+    output_dir="runs/t2i", max_steps=1700, micro_batch_size=32, lr=1e-3, warmup_steps=100,
+    ema_decay=0.99, ema_warmup_steps=100, checkpoint_every=500, sample_every=500, log_every=50,
     precision="fp32")
 
 
@@ -77,6 +80,29 @@ class T2ITrainConfig:
     joint_depth: int | None = None
     """Leading blocks of the context encoder and the feature predictor that are joint
     (text + image) blocks; None = all."""
+    text_dim: int = 128
+    """Width of the text stream in the joint blocks: the frozen encoder's states are projected
+    to it by a learned linear map first (SD3's context embedder; core
+    ``DJEPAConfig.condition_input_dim``). 0 = no projection, the stream is the encoder's width
+    (384 for MiniLM: 7 M of the small model's 10 M parameters and ~20 % of a step's CPU time
+    went to that stream, hence 128, the small preset's width, by default)."""
+    mlp_width: int | None = None
+    """Width of the denoising MLP (None = the preset's)."""
+    mlp_depth: int | None = None
+    """Residual blocks of the denoising MLP (None = the preset's)."""
+    mask_ratio_min: float | None = 0.1
+    """Lower bound of the training mask ratio (None = the paper's 0.7, §3.1). CPU-run default
+    0.1: sampling reveals most tokens with more than 30 % of the image already visible, a state
+    the paper's [0.7, 1] never trains at this scale; with 0.7 a 600-step model predicted an
+    object token from its full context with MSE 0.39, with 0.1 (and std 0.5) 0.21."""
+    mask_ratio_std: float | None = 0.5
+    """Std of the truncated-normal training mask ratio (None = the paper's 0.25; the mean stays
+    1.0, so high ratios still dominate). CPU-run default 0.5, with ``mask_ratio_min``."""
+    rope_theta: float | None = 100.0
+    """Base of the 2-D RoPE frequency ladder (None = the core's 10000). CPU-run default 100: on
+    a 6 × 6 grid only the first 2–3 of a head's 8 frequencies per axis turn by a useful angle
+    with 10000; 100 spreads them over the grid's scale (not separately measured; see
+    docs/results/t2i.md)."""
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
     """The model: a core preset (default small) with flow matching and 2-D RoPE (App. G.2)."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -178,9 +204,29 @@ def run(cfg: T2ITrainConfig) -> int:
         dataset = _encode_all(dataset, tokenizer)  # deterministic encoder, no flips: encode once
         pre_encoded = True
 
+    if cfg.text_dim < 0:
+        raise UserError(f"--text-dim must be >= 0, got {cfg.text_dim}")
+    projected = bool(cfg.text_dim) and cfg.text_dim != encoder.dim
     model_cfg = cfg.model.build(token_dim=tokenizer.token_dim, grid=tuple(tokenizer.grid), num_classes=1,
-                                condition="sequence", condition_dim=encoder.dim, joint_depth=cfg.joint_depth,
-                                label_drop_prob=cfg.text_drop_prob)
+                                condition="sequence", condition_dim=cfg.text_dim if projected else encoder.dim,
+                                condition_input_dim=encoder.dim if projected else 0,
+                                joint_depth=cfg.joint_depth, label_drop_prob=cfg.text_drop_prob)
+    mlp = {k: v for k, v in (("mlp_width", cfg.mlp_width), ("mlp_depth", cfg.mlp_depth)) if v is not None}
+    if any(v < 1 for v in mlp.values()):
+        raise UserError(f"--mlp-width / --mlp-depth must be >= 1, got {mlp}")
+    masking = {k: v for k, v in (("mask_ratio_min", cfg.mask_ratio_min), ("mask_ratio_std", cfg.mask_ratio_std),
+                                 ("rope_theta", cfg.rope_theta)) if v is not None}
+    if masking:
+        import dataclasses
+
+        try:
+            model_cfg = dataclasses.replace(model_cfg, **masking)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if mlp:
+        import dataclasses
+
+        model_cfg = dataclasses.replace(model_cfg, loss=dataclasses.replace(model_cfg.loss, **mlp))
     out = Path(cfg.train.output_dir)
     if cfg.train.resume is not False:
         model_cfg = resumed_model_config(out, model_cfg, log=log)

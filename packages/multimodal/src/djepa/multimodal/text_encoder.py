@@ -31,7 +31,7 @@ from torch import Tensor
 from djepa.core.condition import SequenceInput
 
 __all__ = ["TextEncoder", "TextStateCache", "default_text_encoder_path", "TextEncoderError",
-           "DEFAULT_MAX_TOKENS", "condition_for"]
+           "DEFAULT_MAX_TOKENS", "condition_for", "encoder_dim"]
 
 DEFAULT_MAX_TOKENS = 64
 
@@ -200,16 +200,18 @@ class TextStateCache:
 
 
 def condition_for(model, prompts: Sequence[str], encoder: TextEncoder | TextStateCache) -> SequenceInput:
-    """The model's condition for ``prompts``: text states for non-empty prompts, the model's
-    learned null sequence (the unconditional input of CFG, :class:`~djepa.core.condition.
-    SequenceCondition`) for empty ones; padded to the longest row."""
+    """The model's condition for ``prompts``: text states ``[B, L, D_text]`` (the encoder's
+    width) for non-empty prompts; an empty prompt's row is flagged ``null`` (True), so the
+    model substitutes its learned null sequence (the unconditional input of CFG,
+    :class:`~djepa.core.condition.SequenceCondition`; this works whether or not the model
+    projects the text states first, ``DJEPAConfig.condition_input_dim``). Rows are padded to the
+    longest (padding True = padding; a null row is one zero token)."""
     real = [p for p in prompts if p.strip()]
     enc = (encoder.lookup(real) if isinstance(encoder, TextStateCache) else encoder.encode(real)) if real else None
-    null = model.condition.null_embed.detach().float().cpu()[0]  # [1, D]
     length = max([1] + ([enc.values.shape[1]] if enc is not None else []))
-    dim = null.shape[-1]
-    values = torch.zeros(len(prompts), length, dim)
+    values = torch.zeros(len(prompts), length, encoder_dim(encoder))
     pad = torch.ones(len(prompts), length, dtype=torch.bool)
+    null = torch.zeros(len(prompts), dtype=torch.bool)
     k = 0
     for i, p in enumerate(prompts):
         if p.strip():
@@ -219,6 +221,11 @@ def condition_for(model, prompts: Sequence[str], encoder: TextEncoder | TextStat
             pad[i, :n] = False
             k += 1
         else:
-            values[i, :1] = null
             pad[i, :1] = False
-    return SequenceInput(values, pad)
+            null[i] = True
+    return SequenceInput(values, pad, null=null)
+
+
+def encoder_dim(encoder: TextEncoder | TextStateCache) -> int:
+    """The width of ``encoder``'s token states (a cache's encoder's)."""
+    return (encoder.encoder if isinstance(encoder, TextStateCache) else encoder).dim
