@@ -102,7 +102,7 @@ class MMConfig:
 
     vocab_size: int
     token_dim: int
-    image_grid: tuple[int, int] = (6, 6)
+    image_grid: tuple[int, ...] = (6, 6)  # (H, W); tuple[int, ...]: core config_from_dict reads no fixed-length tuples
     encoder_dim: int = 128
     encoder_depth: int = 4
     encoder_heads: int = 4

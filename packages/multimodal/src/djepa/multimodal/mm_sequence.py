@@ -148,9 +148,11 @@ def _row(segments: list[Segment], token_dim: int, start: int = 0):
     return ids, img, is_img, maskable, seg, pos
 
 
-def pack(rows: list[list[Segment]], token_dim: int, length: int | None = None) -> MMBatch:
+def pack(rows: list[list[Segment]], token_dim: int, length: int | None = None, *, left: bool = False) -> MMBatch:
     """Pack example rows (lists of :class:`Text` / :class:`Image`) into one right-padded
-    :class:`MMBatch` of length ``max(len(row))`` (or ``length``).
+    :class:`MMBatch` of length ``max(len(row))`` (or ``length``); ``left=True`` pads on the left
+    instead (inference: every row's next token then lands in the same column; the padding is
+    segment 0 and position 0, never a key).
 
     Targets: position ``i`` gets ``ids[i+1]`` when ``i`` and ``i+1`` are both text (a control
     token such as ``<|visual_start|>`` is a text-side id and is predicted; the image tokens and
@@ -176,23 +178,27 @@ def pack(rows: list[list[Segment]], token_dim: int, length: int | None = None) -
     targets = torch.full((B, L), IGNORE, dtype=torch.long)
     for b, (i_, im, ii, mk, sg, ps) in enumerate(built):
         n = len(i_)
-        ids[b, :n] = torch.tensor(i_)
-        image[b, :n] = torch.stack(im)
-        is_image[b, :n] = torch.tensor(ii)
-        maskable[b, :n] = torch.tensor(mk)
-        padding[b, :n] = False
-        segment[b, :n] = torch.tensor(sg)
-        segment[b, n:] = sg[-1] + 1  # padding: one trailing segment (never a key)
-        positions[b, :n] = torch.tensor(ps)
-        if n:
+        if left:
+            r = slice(L - n, L)
+            segment[b, r] = torch.tensor(sg) + 1  # padding: segment 0 (never a key)
+        else:
+            r = slice(0, n)
+            segment[b, :n] = torch.tensor(sg)
+            segment[b, n:] = sg[-1] + 1  # padding: one trailing segment (never a key)
+        ids[b, r] = torch.tensor(i_)
+        image[b, r] = torch.stack(im)
+        is_image[b, r] = torch.tensor(ii)
+        maskable[b, r] = torch.tensor(mk)
+        padding[b, r] = False
+        positions[b, r] = torch.tensor(ps)
+        if not left:
             positions[b, n:] = positions[b, n - 1].max() + 1
-        text = ~is_image[b, :n]
-        nxt = torch.zeros(n, dtype=torch.bool)
-        nxt[:-1] = text[:-1] & text[1:]
+        text = ~torch.tensor(ii, dtype=torch.bool)
+        row_ids = torch.tensor(i_)
         tgt = torch.full((n,), IGNORE, dtype=torch.long)
-        tgt[:-1] = torch.where(nxt[:-1], ids[b, 1:n], torch.tensor(IGNORE))
+        tgt[:-1] = torch.where(text[:-1] & text[1:], row_ids[1:], torch.tensor(IGNORE))
         # the <|visual_end|> after a span is forced: the last image token has no target anyway
-        targets[b, :n] = tgt
+        targets[b, r] = tgt
     return MMBatch(ids, image, is_image, maskable, padding, targets, segment, positions)
 
 
