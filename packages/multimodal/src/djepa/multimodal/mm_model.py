@@ -371,3 +371,48 @@ class MMModel(PretrainedMixin, nn.Module):
         from djepa.core.config import config_from_dict
 
         return cls(config_from_dict(MMConfig, data))
+
+
+def load_mm(path: str | Path, device: torch.device | str = "cpu") -> tuple["MMModel", Any, dict]:
+    """``(model, pixel tokenizer, run config)`` of a text+image run: the run folder ``RUN`` (its
+    ``pretrained/`` EMA export), an export folder, or one checkpoint ``RUN/checkpoints/step_N``
+    (its ``ema.safetensors``, verified against the checkpoint's manifest first). Weights are read
+    with safetensors only; the tokenizer comes from the weights themselves.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path`` (names it and the fix).
+        ValueError / CheckpointMismatchError: another model type, or weights that do not fit.
+    """
+    from safetensors.torch import load_file
+
+    from djepa.core.config import config_from_dict
+    from djepa.core.pretrained import load_state_dict_strict
+    from djepa.core.runs import resolve_run
+    from djepa.image.tokenizer import PixelTokenizer
+    from djepa.multimodal.shapes import DEFAULT_IMAGE_SIZE
+
+    kind, folder = resolve_run(path)
+    run_cfg: dict = {}
+    if kind == "checkpoint":
+        from djepa.core.train import checkpoint as ckpt
+
+        run_dir = folder.parent.parent
+        ckpt.verify(folder, files=("ema.safetensors",))
+        run_cfg = json.loads((run_dir / "config.json").read_text())
+        if not isinstance(run_cfg.get("model"), dict) or "vocab_size" not in run_cfg["model"]:
+            raise ValueError(f"{run_dir / 'config.json'} is not a text+image (mm-train) run")
+        model = MMModel(config_from_dict(MMConfig, run_cfg["model"]))
+        load_state_dict_strict(model, load_file(str(folder / "ema.safetensors")), source=str(folder))
+    else:
+        model = MMModel.from_pretrained(folder)
+        rc = folder.parent / "config.json"
+        if folder.name == "pretrained" and rc.is_file():
+            run_cfg = json.loads(rc.read_text())
+    c = model.config
+    patch = DEFAULT_IMAGE_SIZE // c.image_grid[0]
+    pixel = PixelTokenizer(3, DEFAULT_IMAGE_SIZE, patch)
+    if tuple(pixel.grid) != tuple(c.image_grid) or pixel.token_dim != c.token_dim:
+        raise ValueError(f"{folder}: the model's image tokens ({c.token_dim} × {tuple(c.image_grid)}) are not "
+                         f"pixel patches of {DEFAULT_IMAGE_SIZE}px images")
+    model.tokenizer()  # checks the stored tokenizer against the config
+    return model.to(device).eval(), pixel, run_cfg

@@ -21,7 +21,6 @@ export: ``config.json`` + ``model.safetensors``). One writer per folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
@@ -46,7 +45,7 @@ MODALITY = "text+image"
 
 # CPU default run (minutes on two cores): fixed lr 1e-3 with warm-up, EMA 0.999 ramped, fp32.
 MM_TRAIN_DEFAULTS: dict = dict(
-    output_dir="runs/mm", max_steps=2000, micro_batch_size=32, lr=1e-3, warmup_steps=100,
+    output_dir="runs/mm", max_steps=1500, micro_batch_size=32, lr=1e-3, warmup_steps=100,
     ema_decay=0.999, ema_warmup_steps=300, checkpoint_every=250, sample_every=500, log_every=50,
     precision="fp32")
 
