@@ -199,3 +199,18 @@ def test_respond_forced_image_then_text(tok):
     kinds = [type(s).__name__ for s in rep.segments]
     assert kinds[:3] == ["Text", "Image", "Text"] and rep.segments[-1].ids == (EOS_ID,)
     assert rep.segments[0].ids == (tok.visual_start,) and rep.segments[2].ids == (tok.visual_end,)
+
+
+def test_padding_invariance_right_and_left(tok):
+    """A row's φ states are the same alone and packed with longer rows (right padding in
+    training, left padding at inference)."""
+    m = _model(tok)
+    rows = _rows(tok)
+    for left in (False, True):
+        b = S.pack(rows, D, left=left)
+        h, _ = m.encode(m.embed(b), b.positions, S.attention_mask(b))
+        for i, r in enumerate(rows):
+            one = S.pack([r], D)
+            h1, _ = m.encode(m.embed(one), one.positions, S.attention_mask(one))
+            real = ~b.padding[i]
+            assert torch.allclose(h[i][real], h1[0], atol=1e-5), (left, i)

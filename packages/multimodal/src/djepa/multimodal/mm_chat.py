@@ -138,6 +138,8 @@ def run(cfg: MMChatConfig, stdin=None, stdout=None) -> int:
     stdout = sys.stdout if stdout is None else stdout
     if cfg.once is None and (cfg.image or cfg.draw):
         raise UserError("--image and --draw go with --once (in the REPL use /image PATH and /draw)")
+    if cfg.sampler.compile:
+        raise UserError("--compile is not supported for the text+image model (its blocks run with a KV cache)")
     model, pixel, device = _load(cfg)
     chat = ChatSession(model, pixel, cfg, Path(cfg.output_dir), device)
     if cfg.once is not None:

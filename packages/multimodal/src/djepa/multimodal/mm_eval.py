@@ -160,6 +160,8 @@ def run(cfg: MMEvalConfig) -> int:
 
     if cfg.num_prompts < 1 or cfg.batch_size < 1:
         raise UserError("--num-prompts and --batch-size must be >= 1")
+    if cfg.sampler.compile:
+        raise UserError("--compile is not supported for the text+image model (its blocks run with a KV cache)")
     device = resolve_device(cfg.sampler.device)
     model, pixel, run_cfg = load_mm(cfg.checkpoint, device)
     sampler = cfg.sampler.sampler_config(model.config.num_image_tokens)
