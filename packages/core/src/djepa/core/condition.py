@@ -75,10 +75,6 @@ class SequenceInput:
                                       or tuple(self.null.shape) != (self.values.shape[0],)):
             raise ValueError(f"sequence null flags must be bool [{self.values.shape[0]}], "
                              f"got {self.null.dtype} {list(self.null.shape)}")
-        if self.null is not None and (self.null.dtype != torch.bool
-                                      or tuple(self.null.shape) != (self.values.shape[0],)):
-            raise ValueError(f"sequence null flags must be bool [{self.values.shape[0]}], "
-                             f"got {self.null.dtype} {list(self.null.shape)}")
 
 
 @dataclass(frozen=True)
