@@ -51,7 +51,7 @@ def test_sample_class_by_name_writes_mp4s_same_seed_same_bytes(trained, tmp_path
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes()
         frames = read_mp4(a / f)
-        assert frames.shape[1:] == (132, 132, 3) and 1 <= len(frames) <= 8  # 12×12 upscaled 11×
+        assert frames.shape[1:] == (144, 144, 3) and 1 <= len(frames) <= 8  # 12×12 ×11 = 132, padded to 144
     summary = json.loads((a / "summary.json").read_text())
     assert summary["codec"] == ["libx264"] and len(summary["frames_kept"]) == 3
 
@@ -78,10 +78,10 @@ def test_prefix_errors_and_continuation(trained, tmp_path, capsys, clips):
     from djepa.video.media import to_uint8_frames, write_mp4
 
     clip = MovingDigits("test", size=12)[3][0]
-    write_mp4(tmp_path / "p.mp4", to_uint8_frames(clip), min_side=12)
+    write_mp4(tmp_path / "p.mp4", to_uint8_frames(clip), min_side=12, multiple=2)  # native 12×12
     assert sample_cli.main(["--checkpoint", str(trained), "--prefix", str(tmp_path / "p.mp4"), "--prefix-frames", "4",
                             "--output-dir", str(tmp_path / "c"), "--pad-threshold", "0"] + FAST) == 0
-    out = read_mp4(tmp_path / "c" / "class000_0000.mp4")[:, ::11, ::11, 0]
+    out = read_mp4(tmp_path / "c" / "class000_0000.mp4")[:, ::11, ::11, 0][:, :12, :12]  # ×11, then padding
     ref = read_mp4(tmp_path / "p.mp4")[:4, :, :, 0]
     assert abs(out[:4].astype(int) - ref.astype(int)).mean() < 4  # the kept frames come back (two codecs)
 
