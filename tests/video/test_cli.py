@@ -33,7 +33,7 @@ def _err(capsys):
 
 def test_train_run_folder(trained):
     cfg = json.loads((trained / "config.json").read_text())
-    assert cfg["model"]["grid"] == [4, 4, 4] and cfg["model"]["loss"]["kind"] == "flow"
+    assert cfg["model"]["grid"] == [4, 3, 3] and cfg["model"]["loss"]["kind"] == "flow"
     assert cfg["model"]["pos_embed"] == "rope" and cfg["data"]["padding"] == "zeros"
     tok = json.loads((trained / "pretrained" / "tokenizer.json").read_text())
     assert tok["kind"] == "video-pixel" and tok["class_names"][12] == "3-right" and tok["fps"] == 8.0
@@ -51,7 +51,7 @@ def test_sample_class_by_name_writes_mp4s_same_seed_same_bytes(trained, tmp_path
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes()
         frames = read_mp4(a / f)
-        assert frames.shape[1:] == (128, 128, 3) and 1 <= len(frames) <= 8
+        assert frames.shape[1:] == (144, 144, 3) and 1 <= len(frames) <= 8  # 12×12 ×11 = 132, padded to 144
     summary = json.loads((a / "summary.json").read_text())
     assert summary["codec"] == ["libx264"] and len(summary["frames_kept"]) == 3
 
@@ -69,19 +69,19 @@ def test_sample_errors(trained, tmp_path, capsys, args, msg):
 def test_prefix_errors_and_continuation(trained, tmp_path, capsys, clips):
     assert sample_cli.main(["--checkpoint", str(trained), "--prefix", str(clips.ucf), "--prefix-frames", "2",
                             "--output-dir", str(tmp_path)]) == 2
-    assert "has 240×320 frames; the model's are 16×16" in _err(capsys)
+    assert "has 240×320 frames; the model's are 12×12" in _err(capsys)
     assert sample_cli.main(["--checkpoint", str(trained), "--prefix", str(clips.ucf), "--prefix-frames", "3",
                             "--output-dir", str(tmp_path)]) == 2
     assert "multiple of 2" in _err(capsys)
-    # a real 16×16 prefix clip: the written mp4 of the continuation
+    # a real 12×12 prefix clip: the written mp4 of the continuation
     from djepa.video.datasets import MovingDigits
     from djepa.video.media import to_uint8_frames, write_mp4
 
-    clip = MovingDigits("test")[3][0]
-    write_mp4(tmp_path / "p.mp4", to_uint8_frames(clip), min_side=16)
+    clip = MovingDigits("test", size=12)[3][0]
+    write_mp4(tmp_path / "p.mp4", to_uint8_frames(clip), min_side=12, multiple=2)  # native 12×12
     assert sample_cli.main(["--checkpoint", str(trained), "--prefix", str(tmp_path / "p.mp4"), "--prefix-frames", "4",
                             "--output-dir", str(tmp_path / "c"), "--pad-threshold", "0"] + FAST) == 0
-    out = read_mp4(tmp_path / "c" / "class000_0000.mp4")[:, ::8, ::8, 0]
+    out = read_mp4(tmp_path / "c" / "class000_0000.mp4")[:, ::11, ::11, 0][:, :12, :12]  # ×11, then padding
     ref = read_mp4(tmp_path / "p.mp4")[:4, :, :, 0]
     assert abs(out[:4].astype(int) - ref.astype(int)).mean() < 4  # the kept frames come back (two codecs)
 

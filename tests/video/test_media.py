@@ -1,4 +1,4 @@
-"""mp4 writing (H.264 yuv420p, even sizes, upscaling, determinism, readable back) and strips."""
+"""mp4 writing (H.264 yuv420p, sizes in multiples of 16, upscaling, determinism, readable back) and strips."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _frames():
     return f
 
 
-def test_mp4_is_h264_yuv420p_even_sized_readable_and_deterministic(tmp_path):
+def test_mp4_is_h264_yuv420p_macroblock_sized_readable_and_deterministic(tmp_path):
     frames = _frames()
     assert write_mp4(tmp_path / "a.mp4", frames, fps=8) == "libx264"
     write_mp4(tmp_path / "b.mp4", frames, fps=8)
@@ -28,9 +28,10 @@ def test_mp4_is_h264_yuv420p_even_sized_readable_and_deterministic(tmp_path):
     with av.open(str(tmp_path / "a.mp4")) as c:
         s = c.streams.video[0]
         assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
-        assert (s.width, s.height) == (154, 136) and float(s.average_rate) == 8  # ×9 (15 → ≥ 128) of 17×15, even
+        # ×9 (15 → ≥ 128) of 17×15 = 153×135, padded to multiples of 16
+        assert (s.width, s.height) == (160, 144) and float(s.average_rate) == 8
     back = read_mp4(tmp_path / "a.mp4")
-    assert back.shape == (6, 136, 154, 3)
+    assert back.shape == (6, 144, 160, 3)
     # nearest-neighbour upscale: pixel (y, x) of the file is source pixel (y // 9, x // 9)
     err = np.abs(back[:, 4::9, 4::9][:, :15, :17].astype(int) - frames.astype(int))
     assert np.median(err) <= 3 and err.mean() < 6

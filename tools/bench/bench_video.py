@@ -6,9 +6,10 @@ configuration per subprocess so that peak memory (ru_maxrss) is that configurati
     uv run python tools/bench/bench_video.py --only default
 
 Rows:
-* ``default``: the ``video-train`` default (moving digits, pixel cubes 2×4×4 → 4×4×4 = 64 tokens
-  of 32 values, preset small, batch 32); plus sampling 8 clips with 64 AR steps, 100 Heun steps,
-  cfg 3.
+* ``default``: the ``video-train`` default (moving digits 12×12, pixel cubes 2×4×4 → 4×3×3 = 36
+  tokens of 32 values, preset small with a 256-wide denoising MLP, batch 32); plus sampling 8
+  clips with 64 AR steps, 100 Heun steps, cfg 3. ``default-16x16``: the first release's default
+  (16×16 frames → 4×4×4 = 64 tokens, the preset's 128-wide MLP).
 * ``paper-tiny`` / ``paper-B``: the paper's grid (App. G.3: 160×240×320 → VAE 40×30×40 → patch
   4×2×2 → 10×15×20 = 3000 tokens of 16·4·2·2 = 256 latent values), batch 1, one step (after one
   warm-up step for tiny; B: the first step, as the issue asks for one step) — where attention
@@ -30,7 +31,8 @@ import time
 from pathlib import Path
 
 ROWS = {
-    "default": dict(preset="small", grid=(4, 4, 4), token_dim=32, batch=32, steps=5, warmup=2, sample=8),
+    "default": dict(preset="small", grid=(4, 3, 3), token_dim=32, batch=32, steps=5, warmup=2, sample=8, mlp_width=256),
+    "default-16x16": dict(preset="small", grid=(4, 4, 4), token_dim=32, batch=32, steps=5, warmup=2, sample=8),
     "paper-tiny": dict(preset="tiny", grid=(10, 15, 20), token_dim=256, batch=1, steps=1, warmup=1, sample=0),
     "paper-B": dict(preset="B", grid=(10, 15, 20), token_dim=256, batch=1, steps=1, warmup=0, sample=0),
 }
@@ -48,7 +50,11 @@ def _one(name: str) -> dict:
     r = ROWS[name]
     torch.manual_seed(0)
     cfg = ModelSpec(preset=r["preset"], loss="flow", pos_embed="rope").build(
-        token_dim=r["token_dim"], grid=r["grid"], num_classes=101 if name != "default" else 20)
+        token_dim=r["token_dim"], grid=r["grid"], num_classes=101 if not name.startswith("default") else 20)
+    if "mlp_width" in r:  # video-train's SMALL_MLP_WIDTH
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mlp_width=r["mlp_width"]))
     model = DJEPA(cfg).train()
     ema = EMA(model, decay=0.999)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -3,7 +3,13 @@ videos for appearance (which digit) and motion (which direction), fitted on real
 
 Features of a clip ``[C, T, H, W]`` in ``[0, 1]`` (frames after :func:`~djepa.video.media.trim_padding`):
 
-* foreground ``f = clip(x − b, 0) / (1 − b)`` with ``b`` the data set's background level;
+* foreground ``f = clip(x − b, 0) / (1 − b)`` with ``b`` each frame's median (the background:
+  the 8×8 digit covers at most a quarter of a 16×16 frame), then thresholded: values below
+  ``fg_threshold`` (0.4) are set to 0. Without the threshold the features are sums over every
+  pixel, and faint pixel noise swamps them: Gaussian noise of std 0.02 on the *real* test clips
+  took the classifier from 97.6 % to 46 % (std 0.05: 16 %), so slightly noisy generated clips
+  scored at chance whatever they showed. With it: 98.4 % clean, 98.1 % at std 0.05, 92 % at 0.1
+  (``tests/video/test_classifier.py``);
 * **motion**: the foreground centre of mass of every frame with mass, its mean velocity
   ``(dy, dx)`` per frame and its total displacement (first → last such frame);
 * **appearance**: the 8×8 window around the centre of mass of the frame with the most
@@ -28,12 +34,19 @@ from djepa.video.media import trim_padding
 __all__ = ["clip_features", "ReferenceClassifier", "accuracies"]
 
 
-def clip_features(video: torch.Tensor, background: float = 0.25, pad_threshold: float = 0.1) -> np.ndarray:
-    """``[C, T, H, W]`` → 70 features (module docstring)."""
+def clip_features(video: torch.Tensor, background: float | None = None, pad_threshold: float = 0.1,
+                  fg_threshold: float = 0.4) -> np.ndarray:
+    """``[C, T, H, W]`` in ``[0, 1]`` → 70 features ``float32`` (module docstring).
+
+    ``background``: a fixed background level, or None (each frame's median); ``fg_threshold``:
+    foreground values below it count as 0 (0 = the unthresholded features of the first release).
+    """
     x = video.float().mean(0).numpy()  # [T, H, W]
     k = trim_padding(video, pad_threshold)
     x = x[:k]
-    f = np.clip(x - background, 0, None) / (1 - background)
+    b = np.median(x.reshape(k, -1), axis=1)[:, None, None] if background is None else np.float32(background)
+    f = np.clip(x - b, 0, None) / np.maximum(1 - b, 1e-6)
+    f = np.where(f >= fg_threshold, f, 0.0)
     h, w = f.shape[1:]
     ys, xs = np.mgrid[0:h, 0:w]
     mass = f.sum((1, 2))
@@ -63,18 +76,21 @@ def accuracies(pred: Sequence[int], labels: Sequence[int], num_directions: int =
 
 
 class ReferenceClassifier:
-    """Standardised features → RBF SVC (fitted on real clips only)."""
+    """Standardised features → RBF SVC (fitted on real clips only).
 
-    def __init__(self, background: float = 0.25, seed: int = 0) -> None:
+    ``background`` None = each frame's median (see :func:`clip_features`).
+    """
+
+    def __init__(self, background: float | None = None, seed: int = 0, fg_threshold: float = 0.4) -> None:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
-        self.background = background
+        self.background, self.fg_threshold = background, fg_threshold
         self.model = make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale", random_state=seed))
 
     def features(self, videos) -> np.ndarray:
-        return np.stack([clip_features(v, self.background) for v in videos])
+        return np.stack([clip_features(v, self.background, fg_threshold=self.fg_threshold) for v in videos])
 
     def fit(self, videos, labels) -> "ReferenceClassifier":
         self.model.fit(self.features(videos), np.asarray(labels))

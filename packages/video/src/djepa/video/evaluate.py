@@ -154,7 +154,7 @@ def run(cfg: VideoEvalConfig) -> dict:
     real_lengths_all = None
     if data_info.get("dataset") == "digits":
         test_set = _dataset_of(data_info, "test")
-        clf = ReferenceClassifier(background=getattr(train_set, "background", 0.25), seed=cfg.sampler.seed)
+        clf = ReferenceClassifier(seed=cfg.sampler.seed)
         clf.fit([train_set[i][0] for i in range(len(train_set))], [train_set.label_of(i) for i in range(len(train_set))])
         test_pred = clf.predict([test_set[i][0] for i in range(len(test_set))])
         held = accuracies(test_pred, [test_set.label_of(i) for i in range(len(test_set))])

@@ -3,9 +3,13 @@
 mp4 (MODALITIES.md): H.264 (``libx264``) in ``yuv420p`` — the pixel format every player
 decodes — needs even frame sizes, so frames are upscaled by an integer factor (nearest
 neighbour) until the shorter side is at least ``min_side`` (tiny 16×16 clips → 128×128) and
-rounded up to even sizes; ``mpeg4`` (Part 2) is the fallback when libx264 is missing or fails.
-The encoders run single-threaded with fixed settings and no timestamps in the metadata, so the
-same frames give the same bytes.
+padded (edge pixels repeated) to multiples of 16, the H.264 macroblock; ``mpeg4`` (Part 2) is
+the fallback when libx264 is missing or fails.
+The encoders run single-threaded with fixed settings, frame pts 0, 1, … and no timestamps in
+the metadata, so the same frames give the same bytes. libx264 also runs without its rate-control
+lookahead and macroblock tree (``mbtree=0:rc-lookahead=0``): with them, writing the same frames a
+second time in one process gave other bytes (decoded frames up to 48/255 apart), at 130×130,
+132×132, 154×154 and, for noisy frames, 144×144.
 
 Trim rule (paper App. G.3: the model "decides when to terminate video generation"): training
 clips are zero-padded after their last real frame; a generated clip is cut after its last frame
@@ -49,28 +53,33 @@ def to_uint8_frames(video: Tensor) -> np.ndarray:
     return (v.permute(1, 2, 3, 0) * 255.0).round().to(torch.uint8).numpy()
 
 
-def _upscaled(frames: np.ndarray, min_side: int) -> np.ndarray:
+def _upscaled(frames: np.ndarray, min_side: int, multiple: int = 16) -> np.ndarray:
     t, h, w, c = frames.shape
     k = max(1, -(-min_side // min(h, w)))
     x = frames.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else frames
-    ph, pw = x.shape[1] % 2, x.shape[2] % 2
+    ph, pw = -x.shape[1] % multiple, -x.shape[2] % multiple
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
     return np.ascontiguousarray(x)
 
 
 def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8.0, *, min_side: int = 128,
-              codec: str = "libx264") -> str:
+              codec: str = "libx264", multiple: int = 16) -> str:
     """Write ``frames [T, H, W, 3] uint8`` as an mp4 (module docstring); returns the codec used.
 
+    ``multiple``: frame sizes are padded up to multiples of it (16: byte-stable H.264; 2, the
+    least yuv420p allows, keeps e.g. a 12×12 clip at its size but its bytes may vary).
+
     Raises:
-        ValueError: empty or badly shaped frames.
+        ValueError: empty or badly shaped frames; an odd or < 2 ``multiple``.
     """
     import av
 
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
         raise ValueError(f"expected frames [T, H, W, 3] uint8 with T >= 1, got {frames.shape} {frames.dtype}")
-    x = _upscaled(frames, min_side)
+    if multiple < 2 or multiple % 2:
+        raise ValueError(f"multiple must be an even number >= 2, got {multiple}")
+    x = _upscaled(frames, min_side, multiple)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp.mp4")
@@ -87,11 +96,13 @@ def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8.0
                 stream.pix_fmt = "yuv420p"
                 stream.codec_context.thread_count = 1
                 if name == "libx264":
-                    stream.options = {"crf": "12", "preset": "medium", "threads": "1"}
+                    stream.options = {"crf": "12", "preset": "medium", "threads": "1", "x264-params": "mbtree=0:rc-lookahead=0"}
                 else:
                     stream.bit_rate = 4_000_000
-                for f in x:
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                for i, f in enumerate(x):
+                    frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+                    frame.pts = i
+                    for packet in stream.encode(frame):
                         out.mux(packet)
                 for packet in stream.encode():
                     out.mux(packet)
