@@ -45,7 +45,7 @@ from djepa.core.prediction_loss import PredictionLoss
 from djepa.core.pretrained import PretrainedMixin
 from djepa.core.rope import AxialRoPE, TokenGrid, default_rope_split
 
-__all__ = ["DJEPA", "DJEPAOutput", "ContextEncoder", "FeaturePredictor", "ClassCondition", "visible_index"]
+__all__ = ["DJEPA", "DJEPAOutput", "ContextEncoder", "FeaturePredictor", "ClassCondition", "visible_index", "init_backbone"]
 
 
 class DJEPAOutput(NamedTuple):
@@ -61,7 +61,7 @@ class DJEPAOutput(NamedTuple):
     prediction_loss: Tensor
 
 
-def _init_backbone(module: nn.Module) -> None:
+def init_backbone(module: nn.Module) -> None:
     """Official init: xavier-uniform Linear weights with zero bias; LayerNorm weight 1, bias 0."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -434,8 +434,8 @@ class DJEPA(PretrainedMixin, nn.Module):
         which makes all buffer slots identical (they carry no position) until dropout separates
         them — the random init breaks that symmetry. A sequence condition's null token gets
         N(0, 0.02) too."""
-        _init_backbone(self.encoder)
-        _init_backbone(self.predictor)
+        init_backbone(self.encoder)
+        init_backbone(self.predictor)
         std = self.config.init_std
         params = [self.encoder.buffer, self.predictor.mask_token]
         if isinstance(self.condition, ClassCondition):

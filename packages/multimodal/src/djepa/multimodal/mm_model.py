@@ -62,6 +62,7 @@ from djepa.core.blocks import Block
 from djepa.core.config import LossConfig
 from djepa.core.heads import build_token_loss
 from djepa.core.masking import TruncNormalMasking
+from djepa.core.model import init_backbone
 from djepa.core.norms import LayerNorm
 from djepa.core.prediction_loss import PredictionLoss
 from djepa.core.pretrained import PretrainedMixin
@@ -222,16 +223,7 @@ class MMModel(PretrainedMixin, nn.Module):
     def _init_weights(self) -> None:
         """Official D-JEPA init on the transformer parts (xavier-uniform Linear, zero bias,
         LayerNorm 1/0); embeddings and the mask token N(0, init_std)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_backbone(self)
         nn.init.normal_(self.text_embed.weight, std=self.config.init_std)
         nn.init.normal_(self.mask_token, std=self.config.init_std)
 

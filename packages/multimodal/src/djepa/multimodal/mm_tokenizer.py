@@ -178,7 +178,7 @@ class TokenizerTrainConfig:
 def run(cfg: TokenizerTrainConfig) -> int:
     """Train and write ``OUT/tokenizer.model`` + ``OUT/tokenizer.json`` (atomically)."""
     from djepa.core.cli import UserError
-    from djepa.core.pretrained import atomic_write_text
+    from djepa.core.pretrained import atomic_write_bytes, atomic_write_text
 
     if cfg.model_type not in ("bpe", "unigram"):
         raise UserError(f"--model-type must be bpe or unigram, got {cfg.model_type!r}")
@@ -193,26 +193,10 @@ def run(cfg: TokenizerTrainConfig) -> int:
     tok = MMTokenizer(proto)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / MODEL_FILE, proto)
+    atomic_write_bytes(out / MODEL_FILE, proto)
     atomic_write_text(out / "tokenizer.json", json.dumps(tok.describe(), indent=2) + "\n")
     print(f"mm-train-tokenizer: {tok.vocab_size} pieces from {len(lines)} lines -> {out / MODEL_FILE}")
     return 0
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

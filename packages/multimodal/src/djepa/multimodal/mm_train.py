@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from djepa.core.cli import UserError, flat_dict, is_rank_zero, parse, run_main, with_cpu_speed
 from djepa.core.config import LossConfig
 from djepa.core.cpu_speed import CpuSpeedFlags
-from djepa.core.pretrained import atomic_write_text
+from djepa.core.pretrained import atomic_write_bytes, atomic_write_text
 from djepa.core.train.checkpoint import one_writer
 from djepa.core.train.config import TrainConfig
 
@@ -189,7 +189,7 @@ def run(cfg: MMTrainConfig) -> int:
     from djepa.multimodal.mm_model import MMModel
     from djepa.multimodal.mm_sample import MMPreview
     from djepa.multimodal.mm_sequence import ExampleMix
-    from djepa.multimodal.mm_tokenizer import MODEL_FILE, _atomic_write_bytes
+    from djepa.multimodal.mm_tokenizer import MODEL_FILE
 
     if shapes.DEFAULT_IMAGE_SIZE % cfg.patch_size:
         raise UserError(f"image size {shapes.DEFAULT_IMAGE_SIZE} is not divisible by --patch-size {cfg.patch_size}")
@@ -205,7 +205,7 @@ def run(cfg: MMTrainConfig) -> int:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_rank_zero():
-        _atomic_write_bytes(out / MODEL_FILE, tok.model_proto)
+        atomic_write_bytes(out / MODEL_FILE, tok.model_proto)
     dataset = MMTrainSet(cfg.num_scenes, cfg.train.seed, mix)
     tok_info = dict(tok.describe(), modality=MODALITY, image_tokenizer=pixel.to_config(),
                     shapes_split_version=shapes.SPLIT_VERSION)
