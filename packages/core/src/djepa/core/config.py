@@ -467,7 +467,7 @@ def _typed(value: Any, typ: Any, where: str) -> Any:
             return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise bad()
-        return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list or typ is list:
         if not isinstance(value, (list, tuple)):
             raise bad()
