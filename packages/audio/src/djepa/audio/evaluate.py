@@ -229,7 +229,7 @@ def run(flags: EvalFlags) -> int:
     png = Path(flags.spectrogram) if flags.spectrogram else out.with_suffix(".png")
     u0 = utts[0]
     save_mel_png(png, [mel_spectrogram(load_wav(u0.wav)), mel_spectrogram(gen[0])],
-                 [f"reference {u0.id}: {u0.text[:70]}", f"generated (step {step}, {flags.steps} AR steps)"])
+                 [f"reference {u0.id}: {u0.text[:70]}", f"generated ({'exported weights' if step is None else f'step {step}'}, {flags.steps} AR steps)"])
     print(f"tts-eval: wrote {png}")
     for name, s in summary.items():
         extra = "".join(f", {k} {s[k]:.3f}" for k in ("mcd_db", "f0_rmse_hz", "voicing_error") if k in s)
