@@ -103,7 +103,7 @@ class MMConfig:
 
     vocab_size: int
     token_dim: int
-    image_grid: tuple[int, ...] = (6, 6)  # (H, W); tuple[int, ...]: core config_from_dict reads no fixed-length tuples
+    image_grid: tuple[int, ...] = (6, 6)  # (H, W) of the image span in tokens
     encoder_dim: int = 128
     encoder_depth: int = 4
     encoder_heads: int = 4
