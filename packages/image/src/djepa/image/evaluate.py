@@ -20,6 +20,7 @@ import torch
 
 from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
+from djepa.core.sampler_flags import resolve_device
 
 __all__ = ["ImageEvalConfig", "run", "main"]
 
@@ -60,12 +61,6 @@ class ImageEvalConfig:
     """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
 def run(cfg: ImageEvalConfig) -> dict:
     """Compute the metrics; returns the result dict (also printed, and written to ``--output``).
 
@@ -87,7 +82,7 @@ def run(cfg: ImageEvalConfig) -> dict:
         raise FileNotFoundError(f"reference statistics file {cfg.reference_stats} not found")
 
     t0 = time.perf_counter()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     extractor = M.build_extractor(cfg.inception_weights, device)
     if ref_paths is None:  # statistics first: a bad file fails before any Inception pass
         mu_r, sigma_r, ref_feats = M.load_reference_npz(cfg.reference_stats, extractor, cfg.batch_size)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from djepa.core.cli import UserError, parse, run_main, with_cpu_speed
 from djepa.core.cpu_speed import CpuSpeedFlags
+from djepa.core.sampler_flags import resolve_device
 
 __all__ = ["ProbeSettings", "ProbeFit", "stratified_split", "train_linear", "train_linear_lbfgs",
            "fit_linear_probe",
@@ -311,12 +312,6 @@ class ImageProbeConfig:
     """CPU speed paths, one switch (djepa.core.cpu_speed)."""
 
 
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
 def load_image_run(path: str | Path, device: torch.device | str = "cpu", prog: str = "image-probe"):
     """:func:`djepa.core.runs.load_run` for an **image** run: ``(LoadedRun, tokenizer)``.
 
@@ -438,7 +433,7 @@ def run(cfg: ImageProbeConfig) -> dict:
     settings = ProbeSettings(optimizer=cfg.optimizer, lrs=tuple(cfg.lrs), weight_decays=tuple(cfg.weight_decays),
                              epochs=cfg.epochs, batch_size=cfg.probe_batch_size, lbfgs_iters=cfg.lbfgs_iters,
                              val_fraction=cfg.val_fraction, seed=cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
 
     def log(msg: str) -> None:
         print(f"image-probe: {msg}", file=sys.stderr)
