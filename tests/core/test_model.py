@@ -74,6 +74,21 @@ def test_encoder_sees_only_visible_tokens(pos):
     assert not torch.allclose(model.features(changed, cond, visible)[0], z[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("embed_norm", [True, False])
+def test_embed_norm_and_the_token_scale(embed_norm):
+    """MAR's LayerNorm after the linear token embedding (``embed_norm=True``, no bias, nothing
+    added before it as with RoPE) cannot tell a token ``x`` from ``3x`` — a uniform background
+    patch from a uniform ink patch of pixel video; ``embed_norm=False`` keeps the scale."""
+    model = tiny(pos_embed="rope", embed_norm=embed_norm).eval()
+    assert isinstance(model.encoder.embed_norm, torch.nn.Identity) != embed_norm
+    with torch.no_grad():
+        model.encoder.token_embed.bias.zero_()
+    tokens = torch.rand(2, 16, 4) + 0.1
+    cond = model.condition(torch.tensor([1, 2]))
+    a, b = model.features(tokens, cond, None), model.features(3.0 * tokens, cond, None)
+    assert torch.allclose(a, b, atol=1e-4) == embed_norm
+
+
 def test_forward_loss_breakdown_and_weights():
     model = tiny()
     ema = copy.deepcopy(model).eval()

@@ -138,6 +138,14 @@ class DJEPAConfig:
         activation_checkpointing: recompute each encoder / predictor block in backward instead
             of storing its activations (``torch.utils.checkpoint``, non-reentrant); same
             gradients, less memory (the paper used it for video and text-to-image). Off by default.
+        embed_norm: LayerNorm on the context encoder's input ``[buffer; token embeddings]``
+            (True, MAR's ``z_proj_ln``, kept by the official D-JEPA code). After a linear token
+            embedding that LayerNorm is invariant to the token's scale when nothing is added
+            before it (RoPE: no position table; learned tables start at std 0.02), so a pixel
+            token ``c·x`` looks like ``x``: a uniform background patch and a uniform full-ink
+            patch of pixel video reach the encoder with cosine 0.99 after 500 steps
+            (docs/results/video.md). ``False`` skips it (the blocks are pre-LN, so the residual
+            stream keeps the token's magnitude, as in a ViT).
         loss: the loss heads.
     """
 
@@ -171,6 +179,7 @@ class DJEPAConfig:
     rope_split: tuple[int, ...] | None = None
     activation_checkpointing: bool = False
     aligned_dim: int = 0
+    embed_norm: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:

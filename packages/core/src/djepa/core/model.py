@@ -238,7 +238,7 @@ class ContextEncoder(_Stack):
         self.num_tokens = c.seq_len
         self.buffer_size = c.buffer_size
         self.token_embed = nn.Linear(c.token_dim, c.encoder_dim)
-        self.embed_norm = LayerNorm(c.encoder_dim, eps=1e-6)
+        self.embed_norm = LayerNorm(c.encoder_dim, eps=1e-6) if c.embed_norm else nn.Identity()
         self.buffer = nn.Parameter(torch.zeros(1, c.buffer_size, c.encoder_dim))
         if c.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, c.seq_len, c.encoder_dim))
