@@ -13,7 +13,8 @@ Rows:
 * ``paper-tiny`` / ``paper-B``: the paper's grid (App. G.3: 160×240×320 → VAE 40×30×40 → patch
   4×2×2 → 10×15×20 = 3000 tokens of 16·4·2·2 = 256 latent values), batch 1, one step (after one
   warm-up step for tiny; B: the first step, as the issue asks for one step) — where attention
-  memory grows as N².
+  memory grows as N². ``paper-B-ckpt``: the same with activation checkpointing (the paper used
+  it for video; ``DJEPAConfig.activation_checkpointing``).
 
 Speed lives here, never in tests. Numbers depend on the machine and its load: the JSON records
 the load average and thread count next to every number.
@@ -35,6 +36,8 @@ ROWS = {
     "default-16x16": dict(preset="small", grid=(4, 4, 4), token_dim=32, batch=32, steps=5, warmup=2, sample=8),
     "paper-tiny": dict(preset="tiny", grid=(10, 15, 20), token_dim=256, batch=1, steps=1, warmup=1, sample=0),
     "paper-B": dict(preset="B", grid=(10, 15, 20), token_dim=256, batch=1, steps=1, warmup=0, sample=0),
+    "paper-B-ckpt": dict(preset="B", grid=(10, 15, 20), token_dim=256, batch=1, steps=1, warmup=0, sample=0,
+                         activation_checkpointing=True),
 }
 
 
@@ -50,7 +53,8 @@ def _one(name: str) -> dict:
     r = ROWS[name]
     torch.manual_seed(0)
     cfg = ModelSpec(preset=r["preset"], loss="flow", pos_embed="rope").build(
-        token_dim=r["token_dim"], grid=r["grid"], num_classes=101 if not name.startswith("default") else 20)
+        token_dim=r["token_dim"], grid=r["grid"], num_classes=101 if not name.startswith("default") else 20,
+        activation_checkpointing=bool(r.get("activation_checkpointing", False)))
     if "mlp_width" in r:  # video-train's SMALL_MLP_WIDTH
         import dataclasses
 

@@ -194,11 +194,17 @@ class MovingDigits(torch.utils.data.Dataset):
         repeats: positions / lengths per image and direction.
         background: background intensity.
         seed: the data set's seed.
+        start: ``"random"`` (start anywhere along / across the motion, 1 or 2 px per frame:
+            about 90 trajectories per class, so the model must read the digit's position from
+            its context) or ``"edge"`` (start at the edge the motion comes from, centred across
+            it, 1 px per frame: one trajectory per class, the video analogue of the centred
+            image digits; at 12×12 the digit has 3 of its 8 columns out of the frame by the 8th
+            frame). Lengths and padding are drawn as before in both.
     """
 
     def __init__(self, split: Literal["train", "test"] = "train", *, digits: Sequence[int] = (0, 1, 2, 3, 4),
                  frames: int = 8, size: int = 16, min_frames: int = 5, repeats: int = 2,
-                 background: float = 0.25, seed: int = 0) -> None:
+                 background: float = 0.25, seed: int = 0, start: Literal["random", "edge"] = "random") -> None:
         from sklearn.datasets import load_digits
 
         if split not in ("train", "test"):
@@ -213,6 +219,9 @@ class MovingDigits(torch.utils.data.Dataset):
         self.digit_index = np.array([self.digits.index(int(t)) for t in d.target[pick]])
         self.frames, self.size, self.min_frames, self.repeats = int(frames), int(size), int(min_frames), int(repeats)
         self.background, self.seed, self.split = float(background), int(seed), split
+        if start not in ("random", "edge"):
+            raise ValueError(f"start must be 'random' or 'edge', got {start!r}")
+        self.start = start
         self.class_names = [f"{g}-{r}" for g in self.digits for r in DIRECTIONS]
         self.height = self.width = self.size
         self.channels = 1
@@ -245,11 +254,14 @@ class MovingDigits(torch.utils.data.Dataset):
         s, t_len = self.size, self.frames
         dy, dx = _STEP[DIRECTIONS[direction]]
         valid = int(rng.integers(self.min_frames, t_len + 1))
-        speed = int(rng.integers(1, 3))
-        # start so the digit is (mostly) inside at first; moving 1-2 px/frame it may leave early
-        lo, hi = -2, s - 8 + 2
-        along = int(rng.integers(lo, hi + 1))
-        across = int(rng.integers(0, s - 8 + 1))
+        if self.start == "random":
+            speed = int(rng.integers(1, 3))
+            # start so the digit is (mostly) inside at first; moving 1-2 px/frame it may leave early
+            lo, hi = -2, s - 8 + 2
+            along = int(rng.integers(lo, hi + 1))
+            across = int(rng.integers(0, s - 8 + 1))
+        else:  # "edge": enter at the edge the motion starts from, centred across, 1 px/frame
+            speed, along, across = 1, 0, (s - 8) // 2
         y0, x0 = (across, along) if dy == 0 else (along, across)
         if dx < 0:
             x0 = s - 8 - x0

@@ -80,7 +80,8 @@ def _dataset_of(info: dict, split: str):
     ns = SimpleNamespace(dataset=d.get("dataset", "digits"), data_dir=d.get("data_dir"), split_dir=d.get("split_dir"),
                          fold=int(d.get("fold", 1)), frames=d.get("frames"), fps=float(d.get("fps", 8.0)),
                          frame_size=tuple(fs) if fs else None, frame_mode=d.get("frame_mode", "crop"),
-                         grey=bool(d.get("grey", False)))
+                         grey=bool(d.get("grey", False)),
+                         digit_start=d.get("digit_start", "random"))  # runs before the flag: random
     if ns.dataset != "digits" and split == "test" and not ns.split_dir:
         split = "train"
     return build_dataset(ns, split)
