@@ -44,7 +44,7 @@ __all__ = [
     "COLOURS", "SHAPES", "PALETTE", "UNSEEN_PAIRS", "SPLIT_VERSION", "Prompt", "Placed", "Scene",
     "captions", "parse_caption", "is_seen", "unseen_relation_combos", "all_prompts", "train_prompts",
     "eval_prompts", "sample_scene", "render", "render_scene", "ShapesDataset", "caption_vocabulary",
-    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_IMAGE_SIZE", "LAYOUTS",
 ]
 
 SPLIT_VERSION = 1
@@ -299,12 +299,47 @@ def _separated(a: Placed, b: Placed, gap: float) -> bool:
     return abs(a.cx - b.cx) >= a.r + b.r + gap or abs(a.cy - b.cy) >= a.r + b.r + gap
 
 
-def sample_scene(p: Prompt, rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
-    """Random sizes and positions for ``p`` (module docstring); objects inside the image, at
-    least 2 px apart; relation scenes offset along the axis by more than the extents, at most
-    ``0.1·S`` across it."""
+#: Layouts of :func:`sample_scene`.
+LAYOUTS: tuple[str, ...] = ("random", "slots")
+
+
+def _slot_scene(p: Prompt, rng: random.Random, s: float, lo: float, hi: float) -> Scene:
+    """``layout="slots"``: fixed centres (fractions of the side ``s``), a random half-size."""
+    r = rng.uniform(lo, hi)
+    if p.kind == "count":
+        (c, sh), = p.objects
+        centres = {1: [(0.5, 0.5)], 2: [(0.25, 0.5), (0.75, 0.5)],
+                   3: [(0.25, 0.23), (0.75, 0.23), (0.5, 0.77)]}[p.count]
+        return Scene(p, tuple(Placed(c, sh, fx * s, fy * s, r) for fx, fy in centres))
+    (ca, sa), (cb, sb) = p.objects
+    if p.axis == "horizontal":
+        return Scene(p, (Placed(ca, sa, 0.25 * s, 0.5 * s, r), Placed(cb, sb, 0.75 * s, 0.5 * s, r)))
+    return Scene(p, (Placed(ca, sa, 0.5 * s, 0.25 * s, r), Placed(cb, sb, 0.5 * s, 0.75 * s, r)))
+
+
+def sample_scene(p: Prompt, rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE,
+                 layout: str = "random") -> Scene:
+    """Sizes and positions for ``p``.
+
+    ``layout="random"`` (module docstring): random sizes and positions; objects inside the
+    image, at least 2 px apart; relation scenes offset along the axis by more than the extents,
+    at most ``0.1·S`` across it. ``layout="slots"``: the same objects at fixed centres — one
+    object in the middle, two side by side at ¼ and ¾ of the width, three in a triangle, a
+    relation's first object at ¼ and its second at ¾ along the relation axis, centred across
+    it — with one random half-size in ``[r_min, r_max]`` for the scene (at 24 px the objects
+    stay ≥ 2 px apart). With slots the picture of a prompt varies only in scale, so a model
+    draws it from the caption and the position alone, without having to find the other objects
+    in its context (what a 15-minute CPU run does not learn, docs/results/video.md).
+
+    Raises:
+        ValueError: an unknown layout.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     lo, hi = _sizes(image_size)
     s = float(image_size)
+    if layout == "slots":
+        return _slot_scene(p, rng, s, lo, hi)
     for _ in range(1000):
         if p.kind == "count":
             placed: list[Placed] = []
@@ -357,15 +392,19 @@ class ShapesDataset(Dataset):
         size: number of items (an epoch).
         image_size: ``S`` in pixels (default 24).
         seed: the set's seed.
+        layout: ``"random"`` or ``"slots"`` (:func:`sample_scene`).
     """
 
     channels = 3
     num_classes = 1
 
-    def __init__(self, size: int = 50_000, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0) -> None:
+    def __init__(self, size: int = 50_000, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
+                 layout: str = "random") -> None:
         if size < 1 or image_size < 12:
             raise ValueError(f"need size >= 1 and image_size >= 12, got {size}, {image_size}")
-        self.size, self.image_size, self.seed = int(size), int(image_size), int(seed)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.size, self.image_size, self.seed, self.layout = int(size), int(image_size), int(seed), layout
         self.captions = caption_vocabulary()
         self._index = {c: i for i, c in enumerate(self.captions)}
         self._prompts = train_prompts()
@@ -378,7 +417,7 @@ class ShapesDataset(Dataset):
         rng = random.Random(self.seed * 1_000_003 + int(i))
         p = _kind_weighted(self._prompts, rng)
         cap = rng.choice(captions(p))
-        return sample_scene(p, rng, self.image_size), cap
+        return sample_scene(p, rng, self.image_size, self.layout), cap
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         scene, cap = self.item(i)
