@@ -117,3 +117,8 @@ def test_eval_writes_json(run_dir, tmp_path, capsys):
         assert r["t2i"]["n"] == 3 and r["i2t"]["n"] == 3 and r["perplexity"]["value"] > 1.0
     assert (tmp_path / "t2i_grid.png").is_file()
     assert capsys.readouterr().out.count("mm-eval ") >= 2
+    # image → text renders its pictures in the layout the run was trained on (slots), unless told
+    assert json.loads((run_dir / "config.json").read_text())["mm"]["layout"] == "slots" == res["i2t_layout"]
+    assert mm_eval.main(["--checkpoint", str(run_dir), "--output-dir", str(tmp_path), "--num-prompts", "2",
+                         "--skip-t2i", "--layout", "random", "--splits", "seen"]) == 0
+    assert json.loads((tmp_path / "mm_eval.json").read_text())["i2t_layout"] == "random"

@@ -97,3 +97,25 @@ def test_relation_renders_respect_the_relation():
         assert along >= a.r + b.r + 3 and abs(across) < along
         for o in (a, b):
             assert o.r <= o.cx <= 24 - o.r and o.r <= o.cy <= 24 - o.r
+
+
+def test_render_scene_follows_the_layout():
+    """``render_scene(layout="slots")`` puts a single object's ink centroid at the image centre
+    (12, 12) and a vertical relation's first object's in the upper half, whatever the seed."""
+    p1 = S.Prompt("count", (("red", "circle"),), 1)
+    pv = S.Prompt("relation", (("red", "circle"), ("blue", "square")), 2, "vertical")
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+
+    def centroid(img, channel):
+        w = (img[channel] > 0.5) & (img.sum(0) < 1.5)  # pure red (0) / blue (2) pixels
+        return float((xs * w).sum() / w.sum()), float((ys * w).sum() / w.sum())
+
+    off_centre = 0
+    for seed in range(10):
+        cx, cy = centroid(S.render_scene(p1, random.Random(seed), layout="slots"), 0)
+        assert abs(cx - 11.5) < 1.0 and abs(cy - 11.5) < 1.0
+        rx, ry = centroid(S.render_scene(p1, random.Random(seed)), 0)  # default: random placement
+        off_centre += abs(rx - 11.5) + abs(ry - 11.5) > 2.0
+        img = S.render_scene(pv, random.Random(seed), layout="slots")
+        assert centroid(img, 0)[1] < 11.5 < centroid(img, 2)[1]
+    assert off_centre >= 5

@@ -7,7 +7,8 @@ colour–shape pair or relation combination — :func:`djepa.multimodal.shapes.e
   ``/draw`` does), judged by the text-to-image judge (:mod:`djepa.multimodal.judge`: object +
   colour, count, relation, correct); also the share of prompts after which the model *itself*
   puts ``<|visual_start|>`` first (greedy) — whether it learned to emit the start token.
-* **image → text**: a fresh rendering of the prompt (its own seed), ``what is in this picture?``,
+* **image → text**: a fresh rendering of the prompt (its own seed; in the layout the model was
+  trained on, ``--layout``), ``what is in this picture?``,
   greedy decoding; the answer is parsed (:func:`~djepa.multimodal.shapes.parse_caption`):
   ``attributes`` = the named objects (colour + shape, and the count) equal the truth,
   ``relation`` = the relation prompts' objects and axis/order right, ``correct`` = the same
@@ -56,6 +57,10 @@ class MMEvalConfig:
     """Rows generated / decoded together."""
     skip_t2i: bool = False
     """Skip text → image (the slow part)."""
+    layout: Literal["run", "random", "slots"] = "run"
+    """Layout of the images rendered for image → text: ``run`` = the one the model was trained on
+    (the run folder's config.json; ``random`` when it records none), or a layout of
+    :func:`djepa.multimodal.shapes.sample_scene`."""
     sampler: SamplerFlags = field(default_factory=lambda: SamplerFlags(ar_steps=16, denoise_steps=50, precision="fp32"))
     """Image sampling (Algorithm 1): AR steps, cfg, temperature, denoising steps, seed, device."""
 
@@ -93,8 +98,9 @@ def evaluate_t2i(model, pixel, prompts, sampler, *, seed: int, batch_size: int):
 
 
 @torch.no_grad()
-def evaluate_i2t(model, pixel, prompts, *, seed: int, batch_size: int):
-    """Per prompt: ``dict(answer, parsed, attributes, relation, correct)`` (module docstring)."""
+def evaluate_i2t(model, pixel, prompts, *, seed: int, batch_size: int, layout: str = "random"):
+    """Per prompt: ``dict(answer, parsed, attributes, relation, correct)`` (module docstring);
+    the images are rendered with ``layout`` (:func:`djepa.multimodal.shapes.sample_scene`)."""
     from djepa.multimodal import shapes
     from djepa.multimodal.mm_sample import TextSampling, decode_text, user_turn
 
@@ -104,7 +110,7 @@ def evaluate_i2t(model, pixel, prompts, *, seed: int, batch_size: int):
         part = prompts[lo:lo + batch_size]
         rows = []
         for j, (p, _) in enumerate(part):
-            img = shapes.render_scene(p, random.Random(50_000 + seed + lo + j))
+            img = shapes.render_scene(p, random.Random(50_000 + seed + lo + j), layout=layout)
             rows.append(user_turn(model, "what is in this picture?", pixel.encode(img[None]).float()[0], True))
         ids, _ = decode_text(model, rows, TextSampling(0.0, 1.0, 24), stop_on_visual=True)
         for (p, _), i in zip(part, ids):
@@ -165,11 +171,12 @@ def run(cfg: MMEvalConfig) -> int:
     device = resolve_device(cfg.sampler.device)
     model, pixel, run_cfg = load_mm(cfg.checkpoint, device)
     sampler = cfg.sampler.sampler_config(model.config.num_image_tokens)
+    layout = cfg.layout if cfg.layout != "run" else str(run_cfg.get("mm", {}).get("layout", "random"))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = ["seen", "unseen"] if cfg.splits == "both" else [cfg.splits]
     result: dict = dict(checkpoint=str(cfg.checkpoint), sampler=dataclasses.asdict(sampler),
-                        num_prompts=cfg.num_prompts, seed=cfg.sampler.seed, splits={})
+                        num_prompts=cfg.num_prompts, seed=cfg.sampler.seed, i2t_layout=layout, splits={})
     grids = []
     for split in splits:
         prompts = shapes.eval_prompts(split, cfg.num_prompts, seed=cfg.sampler.seed)
@@ -182,7 +189,7 @@ def run(cfg: MMEvalConfig) -> int:
             rec["t2i"] = dict(summarise(verdicts), emits_visual_start=starts, seconds=round(time.perf_counter() - t0, 1))
             grids.append(images[:32])
         t1 = time.perf_counter()
-        i2t = evaluate_i2t(model, pixel, prompts, seed=cfg.sampler.seed, batch_size=cfg.batch_size)
+        i2t = evaluate_i2t(model, pixel, prompts, seed=cfg.sampler.seed, batch_size=cfg.batch_size, layout=layout)
         rec["i2t"] = dict(n=len(i2t), parsed=_mean(r["parsed"] for r in i2t),
                           attributes=_mean(r["attributes"] for r in i2t), relation=_mean(r["relation"] for r in i2t),
                           correct=_mean(r["correct"] for r in i2t), seconds=round(time.perf_counter() - t1, 1),

@@ -374,9 +374,10 @@ def sample_scene(p: Prompt, rng: random.Random, image_size: int = DEFAULT_IMAGE_
     raise RuntimeError(f"could not place {p} in a {image_size}px image")
 
 
-def render_scene(p: Prompt, rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE) -> Tensor:
-    """:func:`render` of :func:`sample_scene`."""
-    return render(sample_scene(p, rng, image_size).objects, image_size)
+def render_scene(p: Prompt, rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE,
+                 layout: str = "random") -> Tensor:
+    """:func:`render` of :func:`sample_scene` (``layout`` as there)."""
+    return render(sample_scene(p, rng, image_size, layout).objects, image_size)
 
 
 class ShapesDataset(Dataset):
