@@ -12,7 +12,7 @@ import torch
 from djepa.core.config import LossConfig, SamplerConfig
 from djepa.multimodal import mm_sample as MS
 from djepa.multimodal import mm_sequence as S
-from djepa.multimodal.mm_model import MMConfig, MMModel
+from djepa.multimodal.mm_model import MMConfig, MMModel, _run_blocks
 from djepa.multimodal.mm_tokenizer import EOS_ID, MMTokenizer, default_corpus, train_sentencepiece
 
 GRID, D = (3, 3), 12
@@ -214,3 +214,40 @@ def test_padding_invariance_right_and_left(tok):
             h1, _ = m.encode(m.embed(one), one.positions, S.attention_mask(one))
             real = ~b.padding[i]
             assert torch.allclose(h[i][real], h1[0], atol=1e-5), (left, i)
+
+
+def test_image_position_embedding_is_the_cell_of_each_token(tok):
+    """φ's input at an image token is ``image_embed(x) + image_pos[r·W + c]`` wherever the span
+    starts (after any prefix, left- or right-padded), the mask token at γ's input gets
+    ``predictor_image_pos`` of its cell, and the flag off leaves the plain linear embedding."""
+    m = _model(tok)
+    with torch.no_grad():
+        m.image_pos.normal_()
+        m.predictor_image_pos.normal_()
+    rows = [S.i2t_example(tok, "a red circle", _img(1), GRID),
+            S.t2i_example(tok, "two blue squares above a green triangle", _img(2), GRID)]
+    for left in (False, True):
+        b = S.pack(rows, D, left=left)
+        e = m.embed(b)
+        for r in range(2):
+            at = torch.nonzero(b.is_image[r]).squeeze(-1)
+            assert at.numel() == 9
+            ref = m.image_embed(b.image[r, at]) + m.image_pos  # the span's tokens are row-major
+            assert torch.allclose(e[r, at], ref, atol=1e-6)
+            # γ: with a diagonal mask every masked cell sees only itself, so its output is the
+            # predictor blocks applied to (mask token + that cell's embedding) alone
+            masked = torch.zeros_like(b.is_image)
+            masked[r, at] = True
+            L = b.ids.shape[1]
+            diag = torch.eye(L, dtype=torch.bool)[None, None].expand(2, 1, L, L)
+            z, _ = m.predict(torch.zeros(2, L, m.config.encoder_dim), masked, b.positions, diag)
+            x0 = (m.mask_token[0, 0] + m.predictor_image_pos)[None]
+            ref_z, _ = _run_blocks(m.predictor_blocks, x0, m.pred_rope(b.positions[r:r + 1, at]),
+                                   torch.eye(9, dtype=torch.bool)[None, None], None)
+            assert torch.allclose(z[r, at], m.predictor_norm(ref_z)[0], atol=1e-5)
+            assert not torch.allclose(z[r, at[0]], z[r, at[1]], atol=1e-3)  # cells differ
+    off = _model(tok, image_pos_embed=False)
+    b = S.pack(rows, D)
+    at = b.is_image
+    assert off.image_pos is None and off.predictor_image_pos is None
+    assert torch.allclose(off.embed(b)[at], off.image_embed(b.image[at]), atol=1e-6)

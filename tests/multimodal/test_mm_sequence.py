@@ -81,3 +81,36 @@ def test_training_examples_layout(tok):
     assert tgt[-len(answer):] == answer
     txt = S.pack([S.text_example(tok, "two blue squares")], 48)
     assert txt.targets[0, :-1].tolist() == txt.ids[0, 1:].tolist()
+
+
+def test_training_set_kinds_and_image_to_text_phrasing():
+    """``MMTrainSet``: the example kinds follow the mix; an image → caption answer is the
+    prompt's reading-order caption with ``i2t_phrasing="canonical"`` (and parses back to the
+    pictured prompt), a random phrasing with ``"any"``; items are a function of (seed, index)."""
+    from djepa.multimodal import shapes
+    from djepa.multimodal.mm_sequence import ExampleMix
+    from djepa.multimodal.mm_train import MMTrainSet
+
+    mix = ExampleMix(0.45, 0.4, 0.15, 0.1)
+    canon = MMTrainSet(400, 3, mix, "slots", "canonical")
+    anyp = MMTrainSet(400, 3, mix, "slots", "any")
+    kinds, differ = [], 0
+    for i in range(400):
+        img, cap, kind, drop, _ = canon[i]
+        img2, cap2, kind2, _, _ = anyp[i]
+        assert kind == kind2 and torch.equal(img, img2)  # same scene and kind, only the answer differs
+        scene, _ = canon.shapes.item(i)
+        kinds.append(kind)
+        if kind == "i2t":
+            assert cap == scene.prompt.canonical and shapes.parse_caption(cap) == scene.prompt
+            assert shapes.parse_caption(cap2) == scene.prompt
+            differ += cap2 != cap
+        else:
+            assert cap == cap2
+        assert not drop or kind == "t2i"
+    n_i2t = kinds.count("i2t")
+    assert 120 <= n_i2t <= 200 and 130 <= kinds.count("t2i") <= 230  # 0.4 / 0.45 of 400
+    assert differ >= n_i2t // 3  # "any": most captions have several phrasings
+    assert canon[7][1] == MMTrainSet(400, 3, mix, "slots", "canonical")[7][1]
+    with pytest.raises(ValueError, match="i2t_phrasing"):
+        MMTrainSet(4, 0, mix, "slots", "sometimes")

@@ -33,7 +33,11 @@ the image terms over the masked image tokens (0 when a batch holds no generated 
 (§3.1; min 0.7, mean 1.0, std 0.25) over each row's maskable tokens (only caption → image spans).
 
 Positions: 3-axis RoPE (:class:`djepa.core.rope.AxialRoPE`, split :func:`default_rope_split`)
-with the positions of :mod:`~djepa.multimodal.mm_sequence` — 1-D for text, 2-D inside a span.
+with the positions of :mod:`~djepa.multimodal.mm_sequence` — 1-D for text, 2-D inside a span —
+and, with ``MMConfig.image_pos_embed`` (default), a learned embedding of the span cell ``(r, c)``
+added to every image token at φ's input and to the mask token at γ's input (MAR's ``pos_embed`` /
+``decoder_pos_embed``): RoPE reaches only queries and keys, so without it what a caption token
+reads from an image token (its value) carries no position.
 
 Inference (:mod:`djepa.multimodal.mm_sample`): :meth:`MMModel.encode` / :meth:`MMModel.predict`
 take and return a per-block key/value cache (φ for text decoding; γ's cache of the prefix for
@@ -99,6 +103,13 @@ class MMConfig:
         mask_ratio_min / mean / std: the truncated-normal mask ratio (§3.1).
         tokenizer_size / tokenizer_sha256: the SentencePiece bytes the buffer holds.
         init_std: N(0, σ) init of the embeddings and the mask token.
+        image_pos_embed: add a learned absolute position embedding of the span cell ``(r, c)``
+            to every image token at φ's input and to the mask token at γ's input (MAR / MAE:
+            ``pos_embed`` and ``decoder_pos_embed``). RoPE alone rotates queries and keys but
+            leaves the *values* position-free, so a caption token that attends to an image token
+            learns what is there but not where; with the embedding, image → text at step 1500
+            went from 18.5 % to the numbers in docs/results/mm.md. False = RoPE only (the
+            earlier design).
     """
 
     vocab_size: int
@@ -123,6 +134,7 @@ class MMConfig:
     tokenizer_size: int = 0
     tokenizer_sha256: str = ""
     init_std: float = 0.02
+    image_pos_embed: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "token_dim", "encoder_dim", "encoder_depth", "encoder_heads",
@@ -187,7 +199,8 @@ class MMModel(PretrainedMixin, nn.Module):
 
     model_type: ClassVar[str] = "djepa-mm"
     no_weight_decay_prefixes: ClassVar[tuple[str, ...]] = (
-        "text_embed.", "image_embed.", "mask_token", "token_loss.", "prediction_loss.", "predictor_embed.")
+        "text_embed.", "image_embed.", "mask_token", "token_loss.", "prediction_loss.", "predictor_embed.",
+        "image_pos", "predictor_image_pos")
 
     def __init__(self, config: MMConfig, tokenizer_bytes: bytes | None = None) -> None:
         super().__init__()
@@ -201,6 +214,9 @@ class MMModel(PretrainedMixin, nn.Module):
         self.lm_head = nn.Linear(E, c.vocab_size)
         self.predictor_embed = nn.Linear(E, P)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, P))
+        n = c.num_image_tokens
+        self.image_pos = nn.Parameter(torch.zeros(n, E)) if c.image_pos_embed else None
+        self.predictor_image_pos = nn.Parameter(torch.zeros(n, P)) if c.image_pos_embed else None
         self.predictor_blocks = nn.ModuleList(Block(P, c.predictor_heads, c.mlp_ratio, **kw)
                                               for _ in range(c.predictor_depth))
         self.predictor_norm = LayerNorm(P, eps=1e-6)
@@ -226,6 +242,9 @@ class MMModel(PretrainedMixin, nn.Module):
         init_backbone(self)
         nn.init.normal_(self.text_embed.weight, std=self.config.init_std)
         nn.init.normal_(self.mask_token, std=self.config.init_std)
+        for p in (self.image_pos, self.predictor_image_pos):
+            if p is not None:
+                nn.init.normal_(p, std=self.config.init_std)
 
     # ------------------------------------------------------------------ tokenizer
     def tokenizer(self) -> MMTokenizer:
@@ -243,10 +262,25 @@ class MMModel(PretrainedMixin, nn.Module):
         return _TOKENIZERS[digest]
 
     # ------------------------------------------------------------------ pieces
+    def _cell(self, positions: Tensor) -> Tensor:
+        """The span cell ``r·W + c`` of image positions ``(s, s + r, s + c)`` ``[..., 3]`` →
+        ``[...]`` int64 (clamped into the grid; meaningless at text positions)."""
+        W = self.config.image_grid[1]
+        r, c = positions[..., 1] - positions[..., 0], positions[..., 2] - positions[..., 0]
+        return (r * W + c).clamp(0, self.config.num_image_tokens - 1)
+
+    def embed_image(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Image tokens ``[B, N, D]`` at their positions ``[B, N, 3]`` → φ's input ``[B, N, E]``
+        (the linear embedding plus, with ``image_pos_embed``, the cell's position embedding)."""
+        x = self.image_embed(tokens.to(self.image_embed.weight.dtype))
+        if self.image_pos is not None:
+            x = x + self.image_pos.to(x.dtype)[self._cell(positions)]
+        return x
+
     def embed(self, batch: MMBatch) -> Tensor:
-        """``[B, L, E]``: the text embedding at text positions, the image embedding at image ones."""
+        """``[B, L, E]``: the text embedding at text positions, :meth:`embed_image` at image ones."""
         t = self.text_embed(batch.ids)
-        i = self.image_embed(batch.image.to(self.image_embed.weight.dtype))
+        i = self.embed_image(batch.image, batch.positions)
         return torch.where(batch.is_image[..., None], i.to(t.dtype), t)
 
     def encode(self, x: Tensor, positions: Tensor, attn_mask: Tensor,
@@ -263,7 +297,10 @@ class MMModel(PretrainedMixin, nn.Module):
         """γ: φ states ``h [B, Lq, E]``, ``masked [B, Lq]`` bool (True = replaced by the mask
         token), positions / mask / cache as for :meth:`encode` → (``z [B, Lq, P]``, cache)."""
         p = self.predictor_embed(h)
-        p = torch.where(masked[..., None], self.mask_token.to(p.dtype).expand_as(p), p)
+        m = self.mask_token.to(p.dtype).expand_as(p)
+        if self.predictor_image_pos is not None:  # masked positions are image tokens
+            m = m + self.predictor_image_pos.to(p.dtype)[self._cell(positions)]
+        p = torch.where(masked[..., None], m, p)
         z, new = _run_blocks(self.predictor_blocks, p, _rope(self.pred_rope, positions), attn_mask, cache)
         return self.predictor_norm(z), new
 

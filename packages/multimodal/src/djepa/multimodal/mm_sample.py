@@ -220,7 +220,7 @@ def generate_images(model, rows: list[list[Segment]], sampler: SamplerConfig = S
             continue
         tok_in = torch.cat([tokens, tokens]) if use_cfg else tokens
         known_in = torch.cat([known, known]) if use_cfg else known
-        x = model.image_embed(tok_in.to(model.image_embed.weight.dtype))
+        x = model.embed_image(tok_in, positions)
         enc_keys = torch.cat([pre.key_ok, known_in], dim=1)[:, None, None, :].expand(R, 1, N, -1)
         h, _ = model.encode(x, positions, enc_keys, pre.cache)
         pred_keys = torch.cat([pre.key_ok, torch.ones(R, N, dtype=torch.bool, device=dev)], 1)[:, None, None, :]
