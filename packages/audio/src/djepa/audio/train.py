@@ -65,6 +65,12 @@ class TTSTrainConfig:
     """Width of the denoising MLP (the token is 80·g wide)."""
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="small", loss="flow", pos_embed="rope"))
     """The backbone: core preset (small = CPU) with the flow matching loss (App. F/G) and RoPE."""
+    mask_ratio_min: float | None = None
+    """Lower bound of the truncated-normal mask ratio (None = the core's 0.7, paper §3.1)."""
+    mask_ratio_std: float | None = None
+    """Std of the truncated-normal mask ratio (None = the core's 0.25, paper §3.1)."""
+    rope_theta: float | None = None
+    """Base of the 1-D RoPE frequency ladder (None = the core's 10000)."""
     train: TrainConfig = field(default_factory=_default_train)
     """The training engine (core TrainConfig; CPU defaults TTS_TRAIN_DEFAULTS)."""
     sample_text: str = PREVIEW_TEXT
@@ -90,8 +96,10 @@ def build_tts_config(cfg: TTSTrainConfig, symbols, stats):
     if g < 1:
         raise UserError("--frames-per-token must be >= 1")
     max_tokens = -(-cfg.max_frames // g)
+    extra = {k: v for k, v in (("mask_ratio_min", cfg.mask_ratio_min), ("mask_ratio_std", cfg.mask_ratio_std),
+                               ("rope_theta", cfg.rope_theta)) if v is not None}
     d = cfg.model.build(token_dim=80 * g, grid=(max_tokens,), num_classes=1, condition="sequence",
-                        condition_dim=cfg.hidden, aligned_dim=cfg.hidden, joint_depth=None)
+                        condition_dim=cfg.hidden, aligned_dim=cfg.hidden, joint_depth=None, **extra)
     d = dataclasses.replace(d, loss=dataclasses.replace(d.loss, mlp_width=cfg.mlp_width))
     mean, std, f0m, f0s = stats
     return TTSConfig(djepa=d, symbols=tuple(symbols), frames_per_token=g, hidden=cfg.hidden,

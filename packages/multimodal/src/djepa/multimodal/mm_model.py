@@ -107,9 +107,10 @@ class MMConfig:
             to every image token at φ's input and to the mask token at γ's input (MAR / MAE:
             ``pos_embed`` and ``decoder_pos_embed``). RoPE alone rotates queries and keys but
             leaves the *values* position-free, so a caption token that attends to an image token
-            learns what is there but not where; with the embedding, image → text at step 1500
-            went from 18.5 % to the numbers in docs/results/mm.md. False = RoPE only (the
-            earlier design).
+            learns what is there but not where. At step 1500 of the CPU default (otherwise equal
+            runs, docs/results/mm.md) it lifted image → text correct from 82.5 to 96.0 % and
+            text → image object+colour / relation from 53.0 / 35.9 to 69.5 / 54.7 %. False =
+            RoPE only (the earlier design).
     """
 
     vocab_size: int
