@@ -132,3 +132,22 @@ def test_tts_train_real_clips_resume(lj_dir, tmp_path):
     assert _tts("In being modern.", "--checkpoint", str(run), "--output", str(tmp_path / "o.wav"), "--steps", "2",
                 "--denoise-steps", "2", "--vocoder", "griffin-lim") == 0
     assert sf.info(str(tmp_path / "o.wav")).samplerate == 22050
+
+
+def test_tts_train_masking_and_rope_flags_reach_the_backbone():
+    """--mask-ratio-min / --mask-ratio-std / --rope-theta set the backbone's values; unset, the
+    core's paper values (§3.1: 0.7 / 0.25; RoPE base 10000) stay; an invalid ratio is refused."""
+    from djepa.audio.train import TTSTrainConfig, build_tts_config
+    from djepa.core.cli import parse
+    from djepa.core.config import DJEPAConfig
+
+    stats = ([0.0] * 80, [1.0] * 80, 5.3, 0.3)
+    d = build_tts_config(parse(TTSTrainConfig, []), ("a", "b"), stats).djepa
+    paper = DJEPAConfig.__dataclass_fields__
+    assert (d.mask_ratio_min, d.mask_ratio_std, d.rope_theta) == (
+        paper["mask_ratio_min"].default, paper["mask_ratio_std"].default, paper["rope_theta"].default) == (0.7, 0.25, 10000.0)
+    cfg = parse(TTSTrainConfig, ["--mask-ratio-min", "0.1", "--mask-ratio-std", "0.5", "--rope-theta", "100"])
+    d = build_tts_config(cfg, ("a", "b"), stats).djepa
+    assert (d.mask_ratio_min, d.mask_ratio_std, d.rope_theta) == (0.1, 0.5, 100.0)
+    with pytest.raises(ValueError, match="mask_ratio_min"):
+        build_tts_config(parse(TTSTrainConfig, ["--mask-ratio-min", "0"]), ("a", "b"), stats)
