@@ -135,19 +135,23 @@ def test_tts_train_real_clips_resume(lj_dir, tmp_path):
 
 
 def test_tts_train_masking_and_rope_flags_reach_the_backbone():
-    """--mask-ratio-min / --mask-ratio-std / --rope-theta set the backbone's values; unset, the
-    core's paper values (§3.1: 0.7 / 0.25; RoPE base 10000) stay; an invalid ratio is refused."""
+    """The CPU defaults (mask ratio min 0.1, std 0.5; RoPE base 10000; MLP width 512) reach the
+    backbone; ``None`` restores the core's paper values (§3.1: 0.7 / 0.25); flags set them; an
+    invalid ratio is refused."""
     from djepa.audio.train import TTSTrainConfig, build_tts_config
     from djepa.core.cli import parse
     from djepa.core.config import DJEPAConfig
 
     stats = ([0.0] * 80, [1.0] * 80, 5.3, 0.3)
     d = build_tts_config(parse(TTSTrainConfig, []), ("a", "b"), stats).djepa
+    assert (d.mask_ratio_min, d.mask_ratio_std, d.rope_theta, d.loss.mlp_width) == (0.1, 0.5, 10000.0, 512)
     paper = DJEPAConfig.__dataclass_fields__
-    assert (d.mask_ratio_min, d.mask_ratio_std, d.rope_theta) == (
-        paper["mask_ratio_min"].default, paper["mask_ratio_std"].default, paper["rope_theta"].default) == (0.7, 0.25, 10000.0)
-    cfg = parse(TTSTrainConfig, ["--mask-ratio-min", "0.1", "--mask-ratio-std", "0.5", "--rope-theta", "100"])
+    d = build_tts_config(parse(TTSTrainConfig, ["--mask-ratio-min", "None", "--mask-ratio-std", "None"]),
+                         ("a", "b"), stats).djepa
+    assert (d.mask_ratio_min, d.mask_ratio_std) == (
+        paper["mask_ratio_min"].default, paper["mask_ratio_std"].default) == (0.7, 0.25)
+    cfg = parse(TTSTrainConfig, ["--mask-ratio-min", "0.2", "--mask-ratio-std", "0.3", "--rope-theta", "100"])
     d = build_tts_config(cfg, ("a", "b"), stats).djepa
-    assert (d.mask_ratio_min, d.mask_ratio_std, d.rope_theta) == (0.1, 0.5, 100.0)
+    assert (d.mask_ratio_min, d.mask_ratio_std, d.rope_theta) == (0.2, 0.3, 100.0)
     with pytest.raises(ValueError, match="mask_ratio_min"):
         build_tts_config(parse(TTSTrainConfig, ["--mask-ratio-min", "0"]), ("a", "b"), stats)
