@@ -137,6 +137,28 @@ def test_synthesis_batched_equals_single():
     torch.testing.assert_close(both[1], one[0], rtol=1e-4, atol=1e-4)
 
 
+def test_reference_durations_are_the_best_monotonic_alignment_and_fix_the_length():
+    """tts-eval --oracle: MAS durations of the mel prior against a reference equal a brute-force
+    search over all monotonic alignments (3 phonemes, 7 frames), sum to the frame count, do not
+    depend on padding, and synthesis with them (and a reference F0) has exactly that many frames."""
+    m = tiny().eval()
+    b = _batch([([1, 2, 3, 4, 5, 6], 30), ([3, 4, 5], 7)])
+    d = m.reference_durations(b["phonemes"], b["mel"], b["frame_lengths"])
+    assert d.sum(1).tolist() == [30, 7] and d[1, 3:].tolist() == [0, 0, 0] and bool((d[0] >= 1).all())
+    alone = m.reference_durations(b["phonemes"][1:, :3], b["mel"][1:, :7], b["frame_lengths"][1:])
+    assert alone[0].tolist() == d[1, :3].tolist()
+    with torch.no_grad():
+        h = m.phoneme_encoder(b["phonemes"][1:, :3], torch.ones(1, 3, dtype=torch.bool))[0]
+        mu = m.prior(h)                                                     # [3, 80]
+        x = m.normalize_mel(b["mel"][1, :7])                                # [7, 80]
+        ll = -0.5 * ((x[None] - mu[:, None]) ** 2).sum(-1)                  # [3, 7]
+    best = max(_compositions(7, 3), key=lambda c: sum(float(ll[i, sum(c[:i]):sum(c[:i + 1])].sum()) for i in range(3)))
+    assert d[1, :3].tolist() == best
+    cfg = SamplerConfig(num_ar_steps=2, num_denoise_steps=2)
+    mel = m.synthesize(b["phonemes"], cfg, generators=row_generators([1, 2]), durations=d, f0=b["f0"])
+    assert [x.shape for x in mel] == [(80, 30), (80, 7)]
+
+
 def test_save_load_and_other_modality_refused(tmp_path):
     m = tiny()
     m.save_pretrained(tmp_path / "tts")

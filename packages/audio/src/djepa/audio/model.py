@@ -321,6 +321,31 @@ class TTSModel(DJEPA):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
+    def reference_durations(self, phonemes: Tensor, mel: Tensor, frame_lengths: Tensor) -> Tensor:
+        """The durations training would use: MAS of the mel prior against a reference.
+
+        Args:
+            phonemes: ``[B, L] int64`` ids (0 = padding).
+            mel: ``[B, T, 80]`` log-mel of the reference clips (HiFi-GAN convention).
+            frame_lengths: ``[B] int64`` real frames per row.
+
+        Returns:
+            ``[B, L] int64`` frames per phoneme; each row sums to its ``frame_lengths``
+            (0 at padding). Feeding these (and the reference F0) to :meth:`synthesize` is the
+            teacher-forced "oracle" that ``tts-eval --oracle`` measures the predictors against.
+
+        Raises:
+            ValueError: a row with fewer frames than phonemes.
+        """
+        pvalid = phonemes > 0
+        t = mel.shape[1]
+        fvalid = torch.arange(t, device=mel.device)[None] < frame_lengths[:, None]
+        h = self.phoneme_encoder(phonemes, pvalid)
+        mu = self.prior(h.float())
+        path = maximum_path(gaussian_log_likelihood(mu, self.normalize_mel(mel.float())), pvalid, fvalid)
+        return path.sum(-1).long()
+
+    @torch.no_grad()
     def predict_alignment(self, phonemes: Tensor, *, speed: float = 1.0, f0: Tensor | None = None,
                           durations: Tensor | None = None) -> dict[str, Tensor]:
         """Durations, frame count, pitch and the conditions for ``phonemes [B, L]``.

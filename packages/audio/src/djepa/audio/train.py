@@ -82,7 +82,7 @@ class TTSTrainConfig:
     """Sentence of the periodic previews."""
     sample_ar_steps: int = 16
     """AR steps of the previews."""
-    sample_cfg: float = 1.0
+    sample_cfg: float = 2.0
     """CFG scale of the previews."""
     speed: CpuSpeedFlags = field(default_factory=CpuSpeedFlags)
     """CPU speed paths, one switch (djepa.core.cpu_speed)."""
